@@ -1,0 +1,1 @@
+"""Datasets: image-text shards for tuning, CIR benchmarks in their official layouts."""
