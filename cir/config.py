@@ -1,0 +1,136 @@
+"""Typed experiment configs: a dataclass schema per command, YAML files in experiments/, CLI overrides.
+
+Configs are OmegaConf structured configs in struct mode, so a mistyped key or a
+wrong type fails before any expensive work starts, with the key named. An
+experiment YAML may list `base:` files (relative to itself) that it overrides,
+dinov2-style: small override files on top of shared defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BASE_KEY = "base"
+
+
+class ConfigError(ValueError):
+    """A user-facing config problem: the message names the key or file and what is expected."""
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """Read one experiment file with its `base:` chain merged underneath it."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular `{BASE_KEY}:` chain through {' -> '.join(map(str, seen))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends carry the line number in their text
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    bases = raw.pop(BASE_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, (*seen, path)))
+    return OmegaConf.merge(merged, raw)
+
+
+def _describe(err: OmegaConfBaseException, origin: str) -> str:
+    key = getattr(err, "full_key", None) or "?"
+    first = str(err).splitlines()[0]
+    return f"{origin}: config key `{key}`: {first}"
+
+
+def _merge(schema: DictConfig, layer: DictConfig | list[str], origin: str) -> DictConfig:
+    try:
+        if isinstance(layer, list):
+            layer = OmegaConf.from_dotlist(layer)
+        return OmegaConf.merge(schema, layer)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, origin)) from err
+
+
+def open_nodes(cfg: DictConfig, keys: Sequence[str]) -> None:
+    """Let free-form sections (trainer kwargs) take any key; they are validated separately."""
+    for key in keys:
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig):
+            OmegaConf.set_struct(node, False)
+
+
+def load_config(
+    schema: type,
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    free_form: Sequence[str] = ("trainer",),
+) -> DictConfig:
+    """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    open_nodes(cfg, free_form)
+    if path is not None:
+        cfg = _merge(cfg, _read_yaml(Path(path)), str(path))
+        open_nodes(cfg, free_form)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    cfg = _merge(cfg, list(overrides), "command line")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, "interpolation")) from err
+    return cfg
+
+
+def check_kwargs(section: DictConfig | dict, target: Callable, key: str) -> dict[str, Any]:
+    """Free-form sections go to a callable (Lightning's Trainer): reject names it does not take."""
+    kwargs = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    accepted = set(inspect.signature(target).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"config key `{key}.{unknown[0]}`: not an argument of {getattr(target, '__qualname__', target)}"
+            f" (unknown: {', '.join(unknown)})"
+        )
+    return kwargs
+
+
+def require(condition: bool, key: str, expected: str, value: Any) -> None:
+    """One-line validation of an impossible value, naming the key."""
+    if not condition:
+        raise ConfigError(f"config key `{key}`: expected {expected}, got {value!r}")
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
+    """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if args and args[0] in ("-h", "--help"):
+        print(main.__doc__ or "usage: CONFIG [key=value ...] [--debug]")
+        return
+    path = args[0] if args and "=" not in args[0] else None
+    overrides = args[1:] if path is not None else args
+    try:
+        main(path, overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        print("(rerun with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None

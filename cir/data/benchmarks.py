@@ -1,0 +1,119 @@
+"""Benchmark registry plus the checks every official-layout loader shares.
+
+Evaluation and supervised training pick a benchmark by name through
+`load_benchmarks`; the loaders (cirr, circo, fashioniq) use the helpers here so
+a wrong root, a bad split or a malformed entry is reported the same way
+everywhere: naming the file, the entry and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cir.data.benchmark import CIRBenchmark
+
+BENCHMARK_NAMES = ("cirr", "circo", "fashioniq")
+
+
+class BenchmarkLayoutError(FileNotFoundError):
+    """An annotation file is missing under the benchmark root; the message shows the expected tree."""
+
+
+class AnnotationError(ValueError):
+    """An annotation file parses but does not have the official structure."""
+
+
+def require_file(path: Path, root: Path, layout: str) -> Path:
+    """Fail early on a wrong root, showing where every file is expected to be."""
+    if not path.is_file():
+        raise BenchmarkLayoutError(
+            f"missing annotation file {path}\nexpected layout under {root}:\n{layout}"
+        )
+    return path
+
+
+def read_json(path: Path, root: Path, layout: str, kind: type) -> Any:
+    """Load one annotation file whose top level must be `kind` (list or dict)."""
+    require_file(path, root, layout)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, kind):
+        raise AnnotationError(
+            f"{path}: top level should be a JSON {_json_kind(kind)}, found {_json_kind(type(data))}"
+        )
+    return data
+
+
+def entry_field(entry: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """One field of one annotation entry; `where` names the file and entry index for the error."""
+    if not isinstance(entry, dict):
+        raise AnnotationError(f"{where}: should be a JSON object, found {_json_kind(type(entry))}")
+    if key not in entry:
+        raise AnnotationError(f"{where}: missing field {key!r}")
+    value = entry[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise AnnotationError(
+            f"{where}: field {key!r} should be a JSON {_json_kind(kind)}, found {value!r}"
+        )
+    return value
+
+
+def check_choice(value: str, valid: Iterable[str], what: str) -> None:
+    """Reject an unknown split / category / mode, naming the valid ones."""
+    valid = tuple(valid)
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def check_unique(ids: list[str], path: Path, what: str) -> None:
+    """Duplicate ids would make two gallery rows or two submission keys collide."""
+    seen: set[str] = set()
+    for index, image_id in enumerate(ids):
+        if image_id in seen:
+            raise AnnotationError(f"{path}: entry {index}: duplicate {what} {image_id!r}")
+        seen.add(image_id)
+
+
+def missing_images(benchmark: CIRBenchmark) -> list[str]:
+    """Ids of gallery and reference images with no path or no file, so evaluation can name them before encoding.
+
+    Loaders never stat images (a 123k-image gallery must load in seconds); this does, on demand.
+    """
+    needed = dict.fromkeys(benchmark.gallery)
+    needed.update(dict.fromkeys(query.reference for query in benchmark.queries))
+    paths = benchmark.image_paths
+    return [image_id for image_id in needed if image_id not in paths or not paths[image_id].is_file()]
+
+
+def load_benchmarks(name: str, root: str | Path, split: str, **options: Any) -> list[CIRBenchmark]:
+    """Load a benchmark by name: one CIRBenchmark for CIRR / CIRCO, one per category for FashionIQ.
+
+    Options go to the loader: `image_root` (cirr), `caption_mode` (circo),
+    `categories` (fashioniq: a name or a list; default all three).
+    """
+    # The loaders import the helpers above, so they are imported here, not at module level.
+    from cir.data.circo import load_circo
+    from cir.data.cirr import load_cirr
+    from cir.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+
+    check_choice(name, BENCHMARK_NAMES, "benchmark")
+    if name == "cirr":
+        return [load_cirr(root, split, **options)]
+    if name == "circo":
+        return [load_circo(root, split, **options)]
+    categories = options.pop("categories", FASHIONIQ_CATEGORIES)
+    if isinstance(categories, str):
+        categories = (categories,)
+    return [load_fashioniq(root, category, split, **options) for category in categories]
+
+
+def _json_kind(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "integer", float: "number", type(None): "null"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -1,0 +1,127 @@
+"""Zero-shot evaluation of a backbone on CIR benchmarks, shared by `cir.evaluate` and TAT validation.
+
+The evaluator owns the benchmarks, their feature cache and the per-rank feature
+collection; a LightningModule only forwards its validation batches here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
+
+from cir.data.benchmark import CIRBenchmark
+from cir.features import EvalIndex, FeatureCache, FeatureCollector, Features, cache_key, encoding_loaders
+from cir.models import Backbone
+from cir.scoring import MetricSpec, method_list, score_methods
+
+log = logging.getLogger(__name__)
+
+FASHIONIQ_AVG = "fashioniq_avg"
+FASHIONIQ_AVG_METRICS = ("R@10", "R@50")
+
+
+@dataclass
+class _Entry:
+    bench: CIRBenchmark
+    index: EvalIndex
+    key: str = ""
+    feats: Features | None = None
+
+
+def image_size_of(backbone: Backbone) -> object:
+    visual = backbone.model.visual
+    return getattr(visual, "image_size", None) or getattr(getattr(visual, "preprocess_cfg", None), "size", None)
+
+
+class BenchmarkEvaluator:
+    """Encode each benchmark split once (reusing cached features), then score every method."""
+
+    def __init__(
+        self,
+        benchmarks: Sequence[CIRBenchmark],
+        methods: Sequence[str],
+        alphas: Sequence[float],
+        cache: FeatureCache | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        spec: MetricSpec = MetricSpec(),
+    ) -> None:
+        self.entries = [_Entry(b, EvalIndex.build(b)) for b in benchmarks]
+        self.methods = method_list(methods, alphas)
+        self.cache = cache or FeatureCache(None)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.spec = spec
+        self.loader_map: list[tuple[int, str]] = []
+        self.collectors: dict[int, FeatureCollector] = {}
+
+    def dataloaders(self, backbone: Backbone) -> list[DataLoader]:
+        """Loaders for the splits whose features are not cached; each call re-checks the cache."""
+        fingerprint = backbone.fingerprint()
+        size = image_size_of(backbone)
+        loaders: list[DataLoader] = []
+        self.loader_map = []
+        self.collectors = {}
+        for i, entry in enumerate(self.entries):
+            entry.key = cache_key(fingerprint, entry.bench, entry.index, size)
+            entry.feats = self.cache.load(entry.bench, entry.key)
+            if entry.feats is not None:
+                log.info("%s/%s: features from cache %s", entry.bench.name, entry.bench.split, self.cache.path(entry.bench, entry.key))
+                continue
+            images, texts = encoding_loaders(
+                entry.bench, entry.index, backbone.preprocess_val, backbone.tokenize, self.batch_size, self.num_workers
+            )
+            loaders += [images, texts]
+            self.loader_map += [(i, "image"), (i, "text")]
+            self.collectors[i] = FeatureCollector({"image": len(entry.index.image_ids), "text": len(entry.index.texts)})
+        return loaders
+
+    def encode_batch(self, backbone: Backbone, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int) -> None:
+        rows, inputs = batch
+        i, kind = self.loader_map[dataloader_idx]
+        feats = backbone.encode_image(inputs) if kind == "image" else backbone.encode_text(inputs)
+        self.collectors[i].add(kind, rows, feats)
+
+    def finish_encoding(self, device: torch.device) -> None:
+        """Gather every rank's rows into full tables on every rank; rank 0 writes the cache."""
+        for i, collector in self.collectors.items():
+            entry = self.entries[i]
+            dim = next(f.shape[1] for parts in collector.parts.values() for _, f in parts)
+            entry.feats = Features(collector.assemble("image", dim, device), collector.assemble("text", dim, device))
+            rank_zero_only(self.cache.save)(entry.bench, entry.key, entry.feats)
+        self.collectors = {}
+
+    def features(self) -> list[tuple[CIRBenchmark, EvalIndex, Features]]:
+        missing = [e.bench.name for e in self.entries if e.feats is None]
+        if missing:
+            raise RuntimeError(f"features not computed for {missing}: run the encoding loaders first")
+        return [(e.bench, e.index, e.feats) for e in self.entries]
+
+    def score(self, device: torch.device | None = None) -> dict[str, float]:
+        """Flat `<dataset>/<split>/<method>/<metric>` dict in percent, FashionIQ averages included."""
+        flat: dict[str, float] = {}
+        for bench, index, feats in self.features():
+            if not bench.has_targets:
+                raise ValueError(f"{bench.name}/{bench.split} has no ground truth: use `python -m cir.submit` for it")
+            if device is not None:
+                feats = Features(feats.image.to(device), feats.text.to(device))
+            for method, metrics in score_methods(index, feats, self.methods, self.spec).items():
+                for metric, value in metrics.items():
+                    flat[f"{bench.name}/{bench.split}/{method}/{metric}"] = value
+        flat.update(fashioniq_average(flat))
+        return flat
+
+
+def fashioniq_average(flat: dict[str, float]) -> dict[str, float]:
+    """FashionIQ's headline numbers: R@10 / R@50 averaged over the categories evaluated."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for key, value in flat.items():
+        dataset, split, method, metric = key.split("/")
+        if dataset.startswith("fashioniq_") and dataset != FASHIONIQ_AVG and metric in FASHIONIQ_AVG_METRICS:
+            groups.setdefault((split, method, metric), []).append(value)
+    return {f"{FASHIONIQ_AVG}/{s}/{m}/{k}": sum(v) / len(v) for (s, m, k), v in groups.items()}

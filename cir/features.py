@@ -1,0 +1,193 @@
+"""Encoding a benchmark once: which images and texts to encode, DDP gathering, and the on-disk cache.
+
+A benchmark split is encoded into two tables, image features (the whole gallery,
+plus any reference that is not in it) and text features (each distinct query
+caption once). Every scoring method (image only, text only, sum, Slerp at any
+alpha) then reads these tables, so an alpha sweep never re-encodes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from cir.data.benchmark import CIRBenchmark, ImageDataset
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class EvalIndex:
+    """Rows of the feature tables that each query needs, as gallery / table indices.
+
+    Targets not in the gallery point at `n_gallery`, an index retrieval never
+    returns, so they count as misses instead of vanishing from the denominator.
+    """
+
+    image_ids: list[str]
+    n_gallery: int
+    texts: list[str]
+    ref_rows: torch.Tensor
+    text_rows: torch.Tensor
+    exclude: torch.Tensor
+    target: torch.Tensor
+    positives: torch.Tensor
+    subset: torch.Tensor
+
+    @classmethod
+    def build(cls, bench: CIRBenchmark) -> EvalIndex:
+        gallery_row = {image_id: row for row, image_id in enumerate(bench.gallery)}
+        if len(gallery_row) != len(bench.gallery):
+            raise ValueError(f"{bench.name}/{bench.split}: the gallery lists an image id twice")
+        image_ids = list(bench.gallery)
+        image_row = dict(gallery_row)
+        for query in bench.queries:
+            if query.reference not in image_row:
+                image_row[query.reference] = len(image_ids)
+                image_ids.append(query.reference)
+        text_row: dict[str, int] = {}
+        for query in bench.queries:
+            text_row.setdefault(query.caption, len(text_row))
+        missing = len(bench.gallery)
+
+        def gallery_index(image_id: str | None) -> int:
+            return gallery_row.get(image_id, missing) if image_id is not None else missing
+
+        def padded(rows: list[list[int]]) -> torch.Tensor:
+            width = max((len(r) for r in rows), default=0)
+            return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
+
+        queries = bench.queries
+        return cls(
+            image_ids=image_ids,
+            n_gallery=len(bench.gallery),
+            texts=list(text_row),
+            ref_rows=torch.tensor([image_row[q.reference] for q in queries], dtype=torch.long),
+            text_rows=torch.tensor([text_row[q.caption] for q in queries], dtype=torch.long),
+            exclude=torch.tensor([gallery_row.get(q.reference, -1) for q in queries], dtype=torch.long),
+            target=torch.tensor([gallery_index(q.target or (q.targets[0] if q.targets else None)) for q in queries]),
+            positives=padded([[gallery_index(t) for t in q.targets] for q in queries]),
+            subset=padded([[gallery_row[m] for m in q.subset if m in gallery_row] for q in queries]),
+        )
+
+
+@dataclass
+class Features:
+    """L2-normalised features of one benchmark split; rows follow EvalIndex.image_ids / texts.
+
+    Kept at fp16 precision (the cache's storage type) whether fresh or cached,
+    so a rerun from the cache reproduces the first run's metrics exactly.
+    """
+
+    image: torch.Tensor
+    text: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.image = self.image.half().float()
+        self.text = self.text.half().float()
+
+
+class TextDataset(Dataset):
+    """Captions tokenised in the loader workers, returned with their row so gathers keep order."""
+
+    def __init__(self, texts: list[str], tokenize) -> None:
+        self.texts = texts
+        self.tokenize = tokenize
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        return index, self.tokenize([self.texts[index]])[0]
+
+
+def encoding_loaders(
+    bench: CIRBenchmark, index: EvalIndex, image_transform, tokenize, batch_size: int, num_workers: int
+) -> tuple[DataLoader, DataLoader]:
+    """(images, texts) loaders; under DDP Lightning adds a sampler and rows make duplicates harmless."""
+    images = ImageDataset(index.image_ids, [bench.image_path(i) for i in index.image_ids], image_transform)
+    texts = TextDataset(index.texts, tokenize)
+    options = dict(batch_size=batch_size, num_workers=num_workers, shuffle=False, persistent_workers=False)
+    return DataLoader(images, **options), DataLoader(texts, **options)
+
+
+class FeatureCollector:
+    """Collects (rows, features) batches on each rank and assembles full tables on every rank."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in sizes}
+
+    def add(self, name: str, rows: torch.Tensor, feats: torch.Tensor) -> None:
+        self.parts[name].append((rows.detach(), feats.detach()))
+
+    def assemble(self, name: str, dim: int, device: torch.device) -> torch.Tensor:
+        parts = self.parts[name]
+        rows = torch.cat([r for r, _ in parts]) if parts else torch.empty(0, dtype=torch.long, device=device)
+        feats = torch.cat([f.float() for _, f in parts]) if parts else torch.empty(0, dim, device=device)
+        rows, feats = rows.to(device), feats.to(device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            rows = torch.cat(gather_all_tensors(rows))
+            feats = torch.cat(gather_all_tensors(feats))
+        table = torch.full((self.sizes[name], dim), float("nan"), device=device)
+        table[rows] = feats
+        if torch.isnan(table).any():
+            raise RuntimeError(f"feature table {name!r}: some rows were never encoded")
+        return table
+
+
+def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, image_size: int | tuple) -> str:
+    """Weights + dataset + split + exactly which images and texts: any change gives a new entry."""
+    h = hashlib.sha256()
+    for part in (CACHE_FORMAT, fingerprint, bench.name, bench.split, json.dumps(bench.info, sort_keys=True), image_size):
+        h.update(str(part).encode() + b"\0")
+    h.update("\n".join(index.image_ids).encode() + b"\0")
+    h.update("\n".join(str(bench.image_path(i)) for i in index.image_ids).encode() + b"\0")
+    h.update("\n".join(index.texts).encode())
+    return h.hexdigest()[:24]
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Temp file in the same folder + os.replace: a kill never leaves a half-written file to trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class FeatureCache:
+    """Features on disk under `root/<name>-<split>-<key>.pt`, reused across runs."""
+
+    def __init__(self, root: str | Path | None) -> None:
+        self.root = Path(root).expanduser() if root else None
+
+    def path(self, bench: CIRBenchmark, key: str) -> Path | None:
+        return self.root / f"{bench.name}-{bench.split}-{key}.pt" if self.root else None
+
+    def load(self, bench: CIRBenchmark, key: str) -> Features | None:
+        path = self.path(bench, key)
+        if path is None or not path.is_file():
+            return None
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("key") != key:
+            return None
+        return Features(image=data["image"].float(), text=data["text"].float())
+
+    def save(self, bench: CIRBenchmark, key: str, feats: Features) -> None:
+        path = self.path(bench, key)
+        if path is not None:
+            atomic_torch_save({"key": key, "image": feats.image.half().cpu(), "text": feats.text.half().cpu()}, path)

@@ -1,0 +1,149 @@
+"""Config schemas: dataclasses whose defaults are the paper's settings; YAML files override them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The paper's Slerp alpha per benchmark (CIRR 0.9, CIRCO 0.8, FashionIQ 0.8).
+PAPER_ALPHA = {"cirr": 0.9, "circo": 0.8, "fashioniq": 0.8}
+
+
+def _sweep() -> list[float]:
+    return [round(0.1 * i, 1) for i in range(11)]
+
+
+@dataclass
+class ModelConfig:
+    """A backbone: open_clip name (or config JSON path) + pretrained tag, local checkpoint, or `none`."""
+
+    name: str = "ViT-L-14"
+    pretrained: str = "openai"
+    cache_dir: str | None = None
+
+
+@dataclass
+class BenchmarkConfig:
+    """One CIR benchmark split in its official layout."""
+
+    name: str = "cirr"
+    root: str = "data/cirr"
+    split: str = "val"
+    image_root: str | None = None
+    categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])
+    caption_mode: str = "relative"
+
+
+@dataclass
+class EvalDataConfig(BenchmarkConfig):
+    """The benchmark to evaluate plus how to load it (per-device batch of the encoding loaders)."""
+
+    batch_size: int = 64
+    num_workers: int = 4
+
+
+@dataclass
+class EvalConfig:
+    alphas: list[float] = field(default_factory=_sweep)
+    paper_alpha: float | None = None
+    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])
+    cache_dir: str | None = "~/.cache/cir/features"
+    examples: int = 8
+    block_size: int = 1024
+
+
+@dataclass
+class SubmitConfig:
+    split: str | None = None
+    method: str = "slerp"
+    alpha: float | None = None
+    k: int = 50
+
+
+@dataclass
+class EvaluateConfig:
+    output_dir: str = "outputs/eval"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+    trainer: dict[str, Any] = field(default_factory=lambda: {"accelerator": "auto", "devices": 1})
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA on the attention query / value projections (paper: rank 16, alpha 16, dropout 0.1)."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class FitModelConfig(ModelConfig):
+    """`anchor` names the frozen tower: text (TAT), image (LoRA on the text tower) or none (LoRA on both)."""
+
+    anchor: str = "text"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TrainDataConfig:
+    """WebDataset image-text shards (a brace pattern or a list; local paths or `pipe:` commands)."""
+
+    train_shards: Any = None
+    batch_size: int = 128
+    num_workers: int = 4
+    samples_per_epoch: int | None = None
+    resampled: bool = False
+    shuffle_buffer: int = 1000
+    text_embeddings: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay; temperature fixed at 0.07 unless learned."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    temperature: float = 0.07
+    learn_temperature: bool = False
+
+
+@dataclass
+class PeriodicEvalConfig:
+    """Zero-shot evaluation run as validation during training (`eval.benchmarks=[]` switches it off)."""
+
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=_sweep)
+    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])
+    batch_size: int = 64
+    num_workers: int = 2
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 500
+
+
+@dataclass
+class FitConfig:
+    """`python -m cir.fit`: the task (tat | supervised) picks the LightningModule."""
+
+    task: str = "tat"
+    output_dir: str = "outputs/fit"
+    seed: int = 0
+    model: FitModelConfig = field(default_factory=FitModelConfig)
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    trainer: dict[str, Any] = field(
+        default_factory=lambda: {"accelerator": "auto", "devices": "auto", "max_epochs": 1, "log_every_n_steps": 10}
+    )

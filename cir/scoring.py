@@ -1,0 +1,102 @@
+"""Scoring every method of an evaluation from one set of features.
+
+Each rank scores a strided slice of the queries and the torchmetrics objects
+concatenate per-query results across ranks, so DDP evaluation equals the
+1-process result whatever the query count (no padded duplicates are counted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from cir.features import EvalIndex, Features
+from cir.metrics import MeanAveragePrecisionAtK, RecallAtK
+from cir.retrieval import rank_candidates, topk_search
+from cir.slerp import compose, method_key
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Which cut-offs to report; the paper's lists are the defaults."""
+
+    recall: tuple[int, ...] = (1, 5, 10, 50)
+    subset_recall: tuple[int, ...] = (1, 2, 3)
+    map: tuple[int, ...] = (5, 10, 25, 50)
+
+
+def method_list(methods: Sequence[str], alphas: Sequence[float]) -> list[tuple[str, float | None]]:
+    """Expand `slerp` into one entry per alpha of the sweep; the baselines take no alpha."""
+    out: list[tuple[str, float | None]] = []
+    for method in methods:
+        if method == "slerp":
+            out.extend(("slerp", float(a)) for a in sorted(set(alphas)))
+        else:
+            out.append((method, None))
+    return out
+
+
+def _rank_slice(n: int) -> slice:
+    if dist.is_available() and dist.is_initialized():
+        return slice(dist.get_rank(), n, dist.get_world_size())
+    return slice(0, n)
+
+
+def compose_queries(index: EvalIndex, feats: Features, method: str, alpha: float | None, rows: slice) -> torch.Tensor:
+    return compose(method, feats.image[index.ref_rows[rows]], feats.text[index.text_rows[rows]], alpha)
+
+
+def score_methods(
+    index: EvalIndex,
+    feats: Features,
+    methods: Sequence[tuple[str, float | None]],
+    spec: MetricSpec = MetricSpec(),
+    block_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """{method key: {"R@1": ..., "Rsub@1": ..., "mAP@5": ...}} in percent, synced over DDP ranks."""
+    rows = _rank_slice(len(index.ref_rows))
+    device = feats.image.device
+    gallery = feats.image[: index.n_gallery]
+    exclude, target = index.exclude[rows].to(device), index.target[rows].to(device)
+    has_targets = bool((index.target < index.n_gallery).any())
+    has_subset = index.subset.shape[1] > 0 and has_targets
+    has_positives = index.positives.shape[1] > 1
+    kmax = max(spec.recall + (spec.map if has_positives else ()))
+    results: dict[str, dict[str, float]] = {}
+    for method, alpha in methods:
+        queries = compose_queries(index, feats, method, alpha, rows)
+        _, top = topk_search(queries, gallery, kmax, exclude=exclude, query_block=block_size)
+        recall = RecallAtK(spec.recall, prefix="R").to(device)
+        recall.update(top, target)
+        values = dict(recall.compute())
+        if has_subset:
+            subset_recall = RecallAtK(spec.subset_recall, prefix="Rsub").to(device)
+            ranked = rank_candidates(queries, gallery, index.subset[rows].to(device), exclude)
+            subset_recall.update(ranked, target)
+            values.update(subset_recall.compute())
+        if has_positives:
+            mean_ap = MeanAveragePrecisionAtK(spec.map).to(device)
+            mean_ap.update(top, index.positives[rows].to(device))
+            values.update(mean_ap.compute())
+        results[method_key(method, alpha)] = {k: float(v) for k, v in values.items()}
+    return results
+
+
+def ranked_ids(
+    index: EvalIndex, feats: Features, method: str, alpha: float | None, k: int, block_size: int = 1024
+) -> torch.Tensor:
+    """Every query's top-k gallery rows (reference excluded), on this process: for submissions and examples."""
+    queries = compose_queries(index, feats, method, alpha, slice(None))
+    gallery = feats.image[: index.n_gallery]
+    _, top = topk_search(queries, gallery, k, exclude=index.exclude.to(gallery.device), query_block=block_size)
+    return top
+
+
+def ranked_subset_ids(index: EvalIndex, feats: Features, method: str, alpha: float | None) -> torch.Tensor:
+    """Every query's img_set members ranked (reference removed, -1 padding at the end)."""
+    queries = compose_queries(index, feats, method, alpha, slice(None))
+    gallery = feats.image[: index.n_gallery]
+    return rank_candidates(queries, gallery, index.subset.to(gallery.device), index.exclude.to(gallery.device))

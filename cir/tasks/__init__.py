@@ -1,0 +1,1 @@
+"""LightningModules: thin wiring of backbones, losses and evaluators."""

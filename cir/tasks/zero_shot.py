@@ -1,0 +1,27 @@
+"""Zero-shot evaluation as a Lightning validation loop, so encoding runs on any number of devices."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from cir.evaluation import BenchmarkEvaluator
+from cir.models import Backbone
+
+
+class ZeroShotEvaluation(L.LightningModule):
+    """Encodes the evaluator's uncached splits; scoring happens once every rank holds the full tables."""
+
+    def __init__(self, backbone: Backbone, evaluator: BenchmarkEvaluator) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.evaluator = evaluator
+        self.metrics: dict[str, float] = {}
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluator.encode_batch(self.backbone, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.evaluator.finish_encoding(self.device)
+        self.metrics = self.evaluator.score(self.device)

@@ -1,0 +1,81 @@
+"""Benchmark roots built from the shared annotation excerpts plus placeholder images.
+
+The excerpts live in <repo root>/../shared/fixtures (annotations only); each
+fixture copies one benchmark into tmp_path and writes a small solid-colour image
+for every name it lists, read straight from the JSON (not through the loaders).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+def placeholder_color(image_id: str) -> tuple[int, int, int]:
+    """A colour fixed by the id, so a test can tell which file an image tensor came from."""
+    code = zlib.crc32(image_id.encode())
+    return (code & 0xFF, (code >> 8) & 0xFF, (code >> 16) & 0xFF)
+
+
+def _write_image(path: Path, image_id: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), placeholder_color(image_id)).save(path)
+
+
+def _copy_fixture(name: str, tmp_path: Path) -> Path:
+    source = SHARED_FIXTURES / name
+    if not source.is_dir():
+        raise FileNotFoundError(f"shared fixtures not found at {source} (expected shared/ beside the repository)")
+    return Path(shutil.copytree(source, tmp_path / name))
+
+
+def _read(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def color_of() -> Callable[[str], tuple[int, int, int]]:
+    return placeholder_color
+
+
+@pytest.fixture
+def cirr_root(tmp_path: Path) -> Path:
+    """<root>/cirr/{captions,image_splits} with every image of every split file under <root>."""
+    root = _copy_fixture("cirr", tmp_path)
+    for split_file in sorted((root / "cirr" / "image_splits").glob("*.json")):
+        for name, relative in _read(split_file).items():
+            _write_image(root / relative, name)
+    return root
+
+
+@pytest.fixture
+def circo_root(tmp_path: Path) -> Path:
+    """<root>/annotations and COCO2017_unlabeled with every image listed in image_info."""
+    root = _copy_fixture("circo", tmp_path)
+    coco = root / "COCO2017_unlabeled"
+    for image in _read(coco / "annotations" / "image_info_unlabeled2017.json")["images"]:
+        _write_image(coco / "unlabeled2017" / image["file_name"], str(image["id"]))
+    return root
+
+
+@pytest.fixture
+def fashioniq_root(tmp_path: Path) -> Path:
+    """<root>/{captions,image_splits} with an image for every split name, candidate and target."""
+    root = _copy_fixture("fashioniq", tmp_path)
+    names: set[str] = set()
+    for split_file in (root / "image_splits").glob("*.json"):
+        names.update(_read(split_file))
+    for captions_file in (root / "captions").glob("*.json"):
+        for entry in _read(captions_file):
+            names.update(value for key, value in entry.items() if key in ("candidate", "target"))
+    for name in sorted(names):
+        _write_image(root / "images" / f"{name}.png", name)
+    return root
