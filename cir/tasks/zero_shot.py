@@ -1,4 +1,4 @@
-"""Zero-shot evaluation as a Lightning validation loop, so encoding runs on any number of devices."""
+"""Zero-shot encoding of benchmark splits as a Lightning validation loop, on any number of devices."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from cir.models import Backbone
 
 
 class ZeroShotEvaluation(L.LightningModule):
-    """Encodes the evaluator's uncached splits; scoring happens once every rank holds the full tables."""
+    """Encodes the evaluator's uncached splits; afterwards every rank holds the full feature tables."""
 
     def __init__(self, backbone: Backbone, evaluator: BenchmarkEvaluator) -> None:
         super().__init__()
         self.backbone = backbone
         self.evaluator = evaluator
-        self.metrics: dict[str, float] = {}
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -24,4 +23,3 @@ class ZeroShotEvaluation(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.evaluator.finish_encoding(self.device)
-        self.metrics = self.evaluator.score(self.device)
