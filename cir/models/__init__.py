@@ -1,0 +1,38 @@
+"""CLIP backbones (open_clip), LoRA adapters (peft) and export back to plain open_clip checkpoints.
+
+Importing this package registers the shipped model configs (e.g. "cir-tiny",
+a 2-layer random CLIP for tests and smoke runs) with open_clip.
+"""
+
+from pathlib import Path
+
+import open_clip
+
+from cir.models.attention import SplitAttention, fuse_attention, split_attention
+from cir.models.backbone import Backbone, create_backbone, register_model_config, weights_fingerprint
+from cir.models.export import export_open_clip, merged_state_dict
+from cir.models.lora import apply_lora, count_parameters, has_lora, merge_lora
+from cir.models.towers import TOWERS, tower_parameter_names, tower_roots
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(CONFIG_DIR)
+
+__all__ = [
+    "CONFIG_DIR",
+    "TOWERS",
+    "Backbone",
+    "SplitAttention",
+    "apply_lora",
+    "count_parameters",
+    "create_backbone",
+    "export_open_clip",
+    "fuse_attention",
+    "has_lora",
+    "merge_lora",
+    "merged_state_dict",
+    "register_model_config",
+    "split_attention",
+    "tower_parameter_names",
+    "tower_roots",
+    "weights_fingerprint",
+]

@@ -1,0 +1,230 @@
+"""The CLIP backbone every other part of cir uses, built by open_clip.
+
+`create_backbone` accepts an open_clip model name, our shipped "cir-tiny" config
+or a path to a model config JSON, and as weights either nothing (random init),
+a local checkpoint file (our exports included) or an open_clip pretrained tag.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cir.models.towers import in_tower, tower_roots
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS = ("", "none")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+_REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+class Backbone(nn.Module):
+    """An open_clip CLIP with the tokenizer and transforms that belong to it.
+
+    Features from `encode_image` / `encode_text` are L2-normalised. The image and
+    text towers are named by `image_tower` / `text_tower` (root attribute names of
+    `model`, see cir.models.towers) because a plain CLIP has no single text module.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        pretrained: str | None,
+        tokenizer: Callable,
+        preprocess_train: Callable,
+        preprocess_val: Callable,
+        embed_dim: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.pretrained = pretrained
+        self.tokenizer = tokenizer
+        self.preprocess_train = preprocess_train
+        self.preprocess_val = preprocess_val
+        self.embed_dim = embed_dim
+
+    @property
+    def image_tower(self) -> tuple[str, ...]:
+        return tower_roots(self.model, "image")
+
+    @property
+    def text_tower(self) -> tuple[str, ...]:
+        return tower_roots(self.model, "text")
+
+    def tower_parameters(self, tower: str) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs of one tower ("image" or "text"), names relative to `model`."""
+        roots = tower_roots(self.model, tower)
+        return [(n, p) for n, p in self.model.named_parameters() if in_tower(n, roots)]
+
+    def set_trainable(self, tower: str, trainable: bool) -> None:
+        """Freeze or unfreeze every parameter of one tower (e.g. the text anchor)."""
+        for _, param in self.tower_parameters(tower):
+            param.requires_grad_(trainable)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed images -> (N, embed_dim) unit vectors.
+
+        Images are cast to the patch embedding's dtype, so a half / bf16 model
+        takes the float32 output of `preprocess_val` as is.
+        """
+        weight = self.model.visual.conv1.weight if hasattr(self.model.visual, "conv1") else None
+        if weight is not None and images.is_floating_point():
+            images = images.to(weight.dtype)
+        return F.normalize(self.model.encode_image(images), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, context_length) token ids from `tokenize` -> (N, embed_dim) unit vectors."""
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+    def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
+        """Token ids (LongTensor, N x context_length) from open_clip's tokenizer for this model."""
+        return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
+
+    def fingerprint(self) -> str:
+        """Short hex digest of every parameter and buffer (names, shapes, dtypes, bytes): a feature-cache key."""
+        return weights_fingerprint(self.model)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """16-hex-digit digest over all named parameters and buffers of `module`.
+
+    Each tensor's bytes get a CRC-32 (fast, and it catches any change confined
+    to 32 bits, e.g. one edited element) in a thread pool (zlib releases the
+    GIL); the per-tensor CRCs, names, shapes and dtypes are then hashed together.
+    """
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+
+    def digest(tensor: torch.Tensor) -> bytes:
+        data = tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy()
+        return zlib.crc32(data).to_bytes(4, "little")
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(digest, (t for _, t in tensors)))
+    total = hashlib.blake2b(digest_size=8)
+    for (name, tensor), tensor_digest in zip(tensors, digests):
+        total.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        total.update(tensor_digest)
+    return total.hexdigest()
+
+
+def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: str | None = None) -> Backbone:
+    """Build a Backbone.
+
+    name: an open_clip model name ("ViT-B-32"), "cir-tiny", or a path to a model
+        config JSON (registered with open_clip under the file's stem).
+    pretrained: "none" / "" / None for random init; a local checkpoint file
+        (open_clip / our export: .pt, .bin, .safetensors, ...); or an open_clip
+        pretrained tag such as "openai" (downloaded by open_clip into cache_dir).
+    A tag trained with QuickGELU (OpenAI's) switches to the "<name>-quickgelu"
+    config when one exists (else forces QuickGELU), so the features are right;
+    `Backbone.name` is the config actually used.
+    """
+    model_name = _resolve_model_name(name)
+    weights, force_quick_gelu, model_name = _resolve_pretrained(model_name, pretrained)
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        model_name, pretrained=weights, cache_dir=cache_dir, force_quick_gelu=force_quick_gelu
+    )
+    config = open_clip.get_model_config(model_name)
+    return Backbone(
+        model=model,
+        name=model_name,
+        pretrained=weights,
+        tokenizer=_tokenizer(model_name, cache_dir),
+        preprocess_train=preprocess_train,
+        preprocess_val=preprocess_val,
+        embed_dim=int(config["embed_dim"]),
+    )
+
+
+def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:
+    """open_clip's tokenizer for a model, shared between backbones because building the BPE vocabulary is slow.
+
+    The key includes the text config, so a config re-registered under the same name gets a fresh tokenizer.
+    """
+    text_cfg = json.dumps((open_clip.get_model_config(model_name) or {}).get("text_cfg"), sort_keys=True)
+    return _cached_tokenizer(model_name, cache_dir, text_cfg)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_tokenizer(model_name: str, cache_dir: str | None, text_cfg: str) -> Callable:
+    return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+
+
+def register_model_config(path: str | Path) -> str:
+    """Register a model config JSON with open_clip; returns the model name (the file stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config JSON not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model config {path} is not valid JSON: {e}") from e
+    missing = [k for k in _REQUIRED_CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise ValueError(
+            f"model config {path} lacks {missing}: an open_clip config needs {list(_REQUIRED_CONFIG_KEYS)}"
+        )
+    if open_clip.get_model_config(path.stem) != config:
+        open_clip.add_model_config(path)
+    return path.stem
+
+
+def _resolve_model_name(name: str) -> str:
+    if name.endswith(".json"):
+        return register_model_config(name)
+    if name.startswith(_SCHEMAS):
+        return name
+    cleaned = name.replace("/", "-")
+    if cleaned not in open_clip.list_models():
+        raise ValueError(
+            f"unknown model {name!r}: use a name from open_clip.list_models() (e.g. 'ViT-B-32', 'ViT-L-14'), "
+            "'cir-tiny', or a path to a model config JSON"
+        )
+    return cleaned
+
+
+def _is_path_like(value: str) -> bool:
+    return "/" in value or os.sep in value or value.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def _resolve_pretrained(model_name: str, pretrained: str | None) -> tuple[str | None, bool, str]:
+    """(weights for open_clip, force_quick_gelu, model name) for a `pretrained` argument."""
+    if pretrained is None or str(pretrained).strip().lower() in NO_WEIGHTS:
+        return None, False, model_name
+    pretrained = str(pretrained)
+    if os.path.isfile(pretrained):
+        return pretrained, False, model_name
+    if _is_path_like(pretrained):
+        raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained}")
+    if model_name.startswith(_SCHEMAS):
+        raise ValueError(f"model {model_name!r} brings its own weights: pass pretrained='none'")
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not tag_cfg:
+        raise ValueError(
+            f"unknown pretrained tag {pretrained!r} for model {model_name!r}: known tags {tags}; "
+            "or pass 'none' for random init or a path to a checkpoint file"
+        )
+    if tag_cfg.get("quick_gelu") and not open_clip.get_model_config(model_name).get("quick_gelu"):
+        variant = f"{model_name}-quickgelu"
+        if open_clip.get_pretrained_cfg(variant, pretrained):
+            log.info("pretrained %r was trained with QuickGELU: using model config %s", pretrained, variant)
+            return pretrained, False, variant
+        return pretrained, True, model_name
+    return pretrained, False, model_name
