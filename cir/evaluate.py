@@ -20,7 +20,13 @@ from cir.data.benchmarks import load_benchmarks, missing_images
 from cir.evaluation import BenchmarkEvaluator
 from cir.features import FeatureCache
 from cir.models import Backbone, create_backbone
-from cir.reporting import atomic_write_text, format_table, retrieval_grid, sweep_figure, write_json
+from cir.reporting import (
+    atomic_write_text,
+    format_table,
+    retrieval_grid,
+    sweep_figure,
+    write_json,
+)
 from cir.schema import PAPER_ALPHA, BenchmarkConfig, EvaluateConfig
 from cir.scoring import ranked_ids
 from cir.slerp import METHODS, method_key
@@ -111,7 +117,7 @@ def main(path: str | None, overrides: list[str]) -> dict[str, float]:
     cfg = load_config(EvaluateConfig, path, overrides)
     backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
     encode(evaluator, backbone, trainer_kwargs)
-    metrics = evaluator.score(backbone.model.logit_scale.device)
+    metrics = evaluator.score(backbone.device)
     if not _is_global_zero():
         return metrics
     out = Path(cfg.output_dir)

@@ -15,7 +15,14 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cir.data.benchmark import CIRBenchmark
-from cir.features import EvalIndex, FeatureCache, FeatureCollector, Features, cache_key, encoding_loaders
+from cir.features import (
+    EvalIndex,
+    FeatureCache,
+    FeatureCollector,
+    Features,
+    cache_key,
+    encoding_loaders,
+)
 from cir.models import Backbone
 from cir.scoring import MetricSpec, method_list, score_methods
 
@@ -31,11 +38,6 @@ class _Entry:
     index: EvalIndex
     key: str = ""
     feats: Features | None = None
-
-
-def image_size_of(backbone: Backbone) -> object:
-    visual = backbone.model.visual
-    return getattr(visual, "image_size", None) or getattr(getattr(visual, "preprocess_cfg", None), "size", None)
 
 
 class BenchmarkEvaluator:
@@ -63,12 +65,12 @@ class BenchmarkEvaluator:
     def dataloaders(self, backbone: Backbone) -> list[DataLoader]:
         """Loaders for the splits whose features are not cached; each call re-checks the cache."""
         fingerprint = backbone.fingerprint()
-        size = image_size_of(backbone)
+        preprocess = repr(backbone.preprocess_val)
         loaders: list[DataLoader] = []
         self.loader_map = []
         self.collectors = {}
         for i, entry in enumerate(self.entries):
-            entry.key = cache_key(fingerprint, entry.bench, entry.index, size)
+            entry.key = cache_key(fingerprint, entry.bench, entry.index, preprocess)
             entry.feats = self.cache.load(entry.bench, entry.key)
             if entry.feats is not None:
                 log.info("%s/%s: features from cache %s", entry.bench.name, entry.bench.split, self.cache.path(entry.bench, entry.key))

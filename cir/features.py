@@ -145,10 +145,10 @@ class FeatureCollector:
         return table
 
 
-def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, image_size: int | tuple) -> str:
-    """Weights + dataset + split + exactly which images and texts: any change gives a new entry."""
+def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, preprocess: str) -> str:
+    """Weights + preprocessing + dataset + split + exactly which images and texts: any change gives a new entry."""
     h = hashlib.sha256()
-    for part in (CACHE_FORMAT, fingerprint, bench.name, bench.split, json.dumps(bench.info, sort_keys=True), image_size):
+    for part in (CACHE_FORMAT, fingerprint, preprocess, bench.name, bench.split, json.dumps(bench.info, sort_keys=True)):
         h.update(str(part).encode() + b"\0")
     h.update("\n".join(index.image_ids).encode() + b"\0")
     h.update("\n".join(str(bench.image_path(i)) for i in index.image_ids).encode() + b"\0")

@@ -133,17 +133,30 @@ class CheckpointConfig:
 
 
 @dataclass
+class SupervisedConfig:
+    """Supervised CIR fine-tuning on a benchmark's train triplets (reference, relative caption, target)."""
+
+    train: BenchmarkConfig = field(default_factory=lambda: BenchmarkConfig(split="train"))
+    fusion: str = "slerp"
+    alpha: float = 0.8
+    learn_alpha: bool = True
+    combiner_hidden: int = 1024
+
+
+@dataclass
 class FitConfig:
     """`python -m cir.fit`: the task (tat | supervised) picks the LightningModule."""
 
     task: str = "tat"
     output_dir: str = "outputs/fit"
+    init_from: str | None = None
     seed: int = 0
     model: FitModelConfig = field(default_factory=FitModelConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     trainer: dict[str, Any] = field(
         default_factory=lambda: {"accelerator": "auto", "devices": "auto", "max_epochs": 1, "log_every_n_steps": 10}
     )

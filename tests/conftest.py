@@ -79,3 +79,33 @@ def fashioniq_root(tmp_path: Path) -> Path:
     for name in sorted(names):
         _write_image(root / "images" / f"{name}.png", name)
     return root
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 40)}
+
+
+def write_image_text_shards(root: Path, num_shards: int = 4, per_shard: int = 16) -> str:
+    """Colour squares on grey with their captions: a pairing a tiny CLIP can learn in a few steps."""
+    import io
+
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = list(COLOURS)
+    for shard in range(num_shards):
+        with wds.TarWriter(str(root / f"train-{shard:06d}.tar")) as sink:
+            for i in range(per_shard):
+                index = shard * per_shard + i
+                name = names[index % len(names)]
+                image = Image.new("RGB", (32, 32), (128, 128, 128))
+                offset = 4 + (index * 5) % 12
+                image.paste(COLOURS[name], (offset, offset, offset + 14, offset + 14))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                sink.write({"__key__": f"{index:08d}", "png": buffer.getvalue(), "txt": f"a {name} square"})
+    return str(root / f"train-{{000000..{num_shards - 1:06d}}}.tar")
+
+
+@pytest.fixture
+def image_text_shards(tmp_path: Path) -> str:
+    return write_image_text_shards(tmp_path / "shards")

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from cir.slerp import compose, image_only, method_key, normalized_sum, parse_method_key, slerp, text_only
+from cir.slerp import (
+    compose,
+    image_only,
+    method_key,
+    normalized_sum,
+    parse_method_key,
+    slerp,
+    text_only,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,13 @@ import torch
 from cir import submit
 from cir.config import run_cli
 from cir.data.benchmarks import load_benchmarks
-from cir.submission import SubmissionError, circo_file, cirr_files, validate, write_submission
+from cir.submission import (
+    SubmissionError,
+    circo_file,
+    cirr_files,
+    validate,
+    write_submission,
+)
 
 
 def run(root: Path, out: Path, *extra: str) -> list[Path]:

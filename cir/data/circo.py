@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cir.data.benchmark import CIRBenchmark, CIRQuery
-from cir.data.benchmarks import AnnotationError, check_choice, check_unique, entry_field, read_json
+from cir.data.benchmarks import (
+    AnnotationError,
+    check_choice,
+    check_unique,
+    entry_field,
+    read_json,
+)
 
 CIRCO_SPLITS = ("val", "test")
 CIRCO_CAPTION_MODES = ("relative", "with_concept")

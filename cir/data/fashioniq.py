@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from cir.data.benchmark import CIRBenchmark, CIRQuery
-from cir.data.benchmarks import AnnotationError, check_choice, check_unique, entry_field, read_json
+from cir.data.benchmarks import (
+    AnnotationError,
+    check_choice,
+    check_unique,
+    entry_field,
+    read_json,
+)
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 FASHIONIQ_SPLITS = ("train", "val", "test")

@@ -9,7 +9,12 @@ from pathlib import Path
 import open_clip
 
 from cir.models.attention import SplitAttention, fuse_attention, split_attention
-from cir.models.backbone import Backbone, create_backbone, register_model_config, weights_fingerprint
+from cir.models.backbone import (
+    Backbone,
+    create_backbone,
+    register_model_config,
+    weights_fingerprint,
+)
 from cir.models.export import export_open_clip, merged_state_dict
 from cir.models.lora import apply_lora, count_parameters, has_lora, merge_lora
 from cir.models.towers import TOWERS, tower_parameter_names, tower_roots

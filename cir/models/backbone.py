@@ -96,6 +96,14 @@ class Backbone(nn.Module):
         """Token ids (LongTensor, N x context_length) from open_clip's tokenizer for this model."""
         return self.tokenizer([texts] if isinstance(texts, str) else list(texts))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass: memory for compute, for large batches."""
+        self.model.set_grad_checkpointing(enable)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def fingerprint(self) -> str:
         """Short hex digest of every parameter and buffer (names, shapes, dtypes, bytes): a feature-cache key."""
         return weights_fingerprint(self.model)

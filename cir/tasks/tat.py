@@ -6,123 +6,40 @@ both), so the paper's ablation is one config key.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
-from torch import nn
 
-from cir.data.shards import SKIP_REASONS
-from cir.evaluation import BenchmarkEvaluator
+from cir.config import ConfigError
+from cir.data.embed_text import check_backbone_identity, load_text_embedding_meta
+from cir.data.image_text import ImageTextDataModule
+from cir.data.shards import SKIP_REASONS, expand_shard_urls
 from cir.modality_gap import modality_gap
-from cir.provenance import run_record
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
+from cir.tasks.base import ContrastiveTask
 
 # Which towers get LoRA for each anchor (the anchor itself stays frozen).
 LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged; the last good checkpoint stays as it was."""
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup to 1, then cosine decay to 0 at total_steps."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def build_tat_backbone(cfg: DictConfig) -> Backbone:
-    """The backbone with LoRA where the anchor says; everything else frozen."""
+    """The backbone with LoRA where the anchor says; everything else frozen.
+
+    Cached caption embeddings are checked against the weights as created,
+    before LoRA changes the fingerprint.
+    """
     backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
+    if cfg.data.text_embeddings:
+        check_backbone_identity(load_text_embedding_meta(cfg.data.text_embeddings), backbone)
     lora = cfg.model.lora
     apply_lora(backbone, LORA_TOWERS[cfg.model.anchor], r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                target_modules=tuple(lora.target_modules))
     if cfg.model.grad_checkpointing:
-        backbone.model.set_grad_checkpointing(True)
+        backbone.set_grad_checkpointing(True)
     return backbone
-
-
-class TemperatureMixin(nn.Module):
-    """Logit scale 1/T: a fixed buffer (the paper) or a learned log-parameter."""
-
-    def init_temperature(self, temperature: float, learn: bool) -> None:
-        log_scale = torch.tensor(math.log(1.0 / temperature))
-        if learn:
-            self.log_logit_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_logit_scale", log_scale)
-
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.exp().clamp(max=100.0)
-
-
-class ContrastiveTask(L.LightningModule, TemperatureMixin):
-    """What TAT and supervised fine-tuning share: config, optimiser, schedule, periodic evaluation."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config})
-        self.cfg = OmegaConf.create(config)
-        self.init_temperature(self.cfg.optim.temperature, self.cfg.optim.learn_temperature)
-        self.evaluator: BenchmarkEvaluator | None = None
-        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
-        self.initial_fingerprint = ""
-
-    def record(self) -> dict[str, Any]:
-        """Provenance of this run (this rank's count of samples; the CLI sums ranks for run.json)."""
-        return run_record(OmegaConf.to_container(self.cfg), self.initial_fingerprint, int(self.samples_seen), self.global_step)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["cir_run"] = self.record()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.initial_fingerprint = checkpoint.get("cir_run", {}).get("backbone", {}).get("initial_fingerprint", "")
-
-    def attach_evaluator(self, evaluator: BenchmarkEvaluator | None) -> None:
-        self.evaluator = evaluator
-
-    def check_loss(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"non-finite loss ({loss.item()}) at global step {self.global_step}: stopping; "
-                "the last checkpoint saved before this step is intact"
-            )
-
-    def configure_optimizers(self):
-        optim = self.cfg.optim
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        decay = [p for n, p in named if p.ndim >= 2]
-        no_decay = [p for n, p in named if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("training length unknown: set trainer.max_steps, or data.resampled=true with data.samples_per_epoch")
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, optim.warmup_steps, int(total))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def val_dataloader(self):
-        return self.evaluator.dataloaders(self.backbone) if self.evaluator else []
-
-    @torch.no_grad()
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluator.encode_batch(self.backbone, batch, dataloader_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        if self.evaluator is None or not self.evaluator.collectors:
-            return
-        self.evaluator.finish_encoding(self.device)
-        metrics = self.evaluator.score(self.device)
-        self.log_dict({f"eval/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
 
 
 class TextAnchoredTuning(ContrastiveTask):
@@ -130,13 +47,16 @@ class TextAnchoredTuning(ContrastiveTask):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        self.backbone = build_tat_backbone(self.cfg)
+        self.backbone = self.make_backbone(self.cfg)
         self.initial_fingerprint = self.backbone.fingerprint()
         self.loss_fn = ClipLoss()
         # Bad samples the loaders skipped so far on this rank; checkpointed, summed over ranks when logged.
         self.register_buffer("skipped_samples", torch.zeros(len(SKIP_REASONS), dtype=torch.long))
         trainable, total = count_parameters(self.backbone)
         self.trainable_fraction = trainable / total
+
+    def make_backbone(self, cfg: DictConfig) -> Backbone:
+        return build_tat_backbone(cfg)
 
     def setup(self, stage: str) -> None:
         # Gradients flow through this rank's slice of the gathered features (open_clip's ClipLoss).
@@ -166,3 +86,38 @@ class TextAnchoredTuning(ContrastiveTask):
         totals = {f"data/skipped_{reason}": c for reason, c in zip(SKIP_REASONS, self.skipped_samples.float())}
         self.log_dict(totals, reduce_fx="sum", sync_dist=True, batch_size=batch_size)
         return loss
+
+
+def train_shards(cfg: DictConfig) -> tuple[str | list[str], str | None]:
+    """Shard URLs and the cached-embedding key: from embed_text's output when data.text_embeddings is set."""
+    if cfg.data.text_embeddings:
+        meta = load_text_embedding_meta(cfg.data.text_embeddings)
+        return list(meta.urls), meta.key
+    shards = cfg.data.train_shards
+    if shards is None or shards == "" or (OmegaConf.is_list(shards) and len(shards) == 0):
+        raise ConfigError("config key `data.train_shards`: expected shard URLs (a brace pattern or a list), got nothing")
+    shards = list(shards) if OmegaConf.is_list(shards) else str(shards)
+    try:
+        expand_shard_urls(shards)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"config key `data.train_shards`: {err}") from None
+    return shards, None
+
+
+def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) -> tuple[TextAnchoredTuning, ImageTextDataModule]:
+    """The module and its shard DataModule from a validated FitConfig."""
+    shards, embedding_key = train_shards(cfg)
+    module = task(OmegaConf.to_container(cfg, resolve=True))
+    data = ImageTextDataModule(
+        shards,
+        module.backbone.preprocess_train,
+        module.backbone.tokenize,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        resampled=cfg.data.resampled,
+        samples_per_epoch=cfg.data.samples_per_epoch,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        seed=cfg.seed,
+        text_embedding_key=embedding_key,
+    )
+    return module, data

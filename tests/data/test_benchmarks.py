@@ -8,8 +8,8 @@ from torchvision.transforms import v2
 
 from cir.data.benchmark import CIRBenchmark, CIRQuery, ImageDataset
 from cir.data.benchmarks import (
-    AnnotationError,
     BENCHMARK_NAMES,
+    AnnotationError,
     check_unique,
     entry_field,
     load_benchmarks,

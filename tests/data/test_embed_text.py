@@ -11,7 +11,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from cir.data.embed_text import check_backbone_identity, embed_shards, load_text_embedding_meta, main
+from cir.data.embed_text import (
+    check_backbone_identity,
+    embed_shards,
+    load_text_embedding_meta,
+    main,
+)
 from cir.data.shards import image_text_pipeline
 from cir.models import create_backbone
 

@@ -15,7 +15,13 @@ import webdataset as wds
 from PIL import Image
 
 from cir.data import shards
-from cir.data.shards import SKIP_REASONS, batches_per_rank, epoch_share, image_text_loader, image_text_pipeline
+from cir.data.shards import (
+    SKIP_REASONS,
+    batches_per_rank,
+    epoch_share,
+    image_text_loader,
+    image_text_pipeline,
+)
 
 FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"))
 TRANSFORM = T.Compose([T.Resize((8, 8)), T.ToTensor()])

@@ -10,7 +10,6 @@ import torch
 
 from cir.models import Backbone, create_backbone
 
-
 # ViT-B-32's layout (QuickGELU, patch 32, head width 64, 77 tokens) shrunk to two narrow layers.
 VIT_B32_MINI = {
     "embed_dim": 96,

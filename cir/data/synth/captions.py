@@ -19,7 +19,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cir.data.synth.scenes import ATTRIBUTE_VALUES, OBJECT_ATTRIBUTES, Scene, SceneObject
+from cir.data.synth.scenes import (
+    ATTRIBUTE_VALUES,
+    OBJECT_ATTRIBUTES,
+    Scene,
+    SceneObject,
+)
 
 FULL_RATE_PRETRAIN = 0.6
 FULL_RATE_TUNE = 0.8

@@ -1,0 +1,55 @@
+"""The DataModule that owns TAT's training data: image-text WebDataset shards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+
+from cir.data.shards import image_text_loader, image_text_pipeline
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Builds the shard loader once the process group exists, so shards split by the real rank."""
+
+    def __init__(
+        self,
+        train_shards: str | Sequence[str],
+        image_transform: Callable,
+        tokenize: Callable[[list[str]], torch.Tensor] | None,
+        batch_size: int,
+        num_workers: int,
+        *,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        text_embedding_key: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_shards = train_shards
+        self.image_transform = image_transform
+        self.tokenize = tokenize
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.text_embedding_key = text_embedding_key
+
+    def train_dataloader(self):
+        pipeline = image_text_pipeline(
+            self.train_shards,
+            image_transform=self.image_transform,
+            tokenize=None if self.text_embedding_key else self.tokenize,
+            batch_size=self.batch_size,
+            resampled=self.resampled,
+            samples_per_epoch=self.samples_per_epoch,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            text_embedding_key=self.text_embedding_key,
+        )
+        pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return image_text_loader(pipeline, self.num_workers, pin_memory=pin)

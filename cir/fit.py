@@ -1,0 +1,134 @@
+"""`python -m cir.fit CONFIG [key=value ...] [--debug]`: TAT or supervised CIR fine-tuning with Lightning.
+
+`task:` in the config picks the LightningModule. Rerunning the same command
+resumes from <output_dir>/checkpoints/last.ckpt. The run folder gets the
+resolved config, TensorBoard logs, checkpoints, run.json (what made the run)
+and export.pt, the merged plain open_clip checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ThroughputMonitor,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from cir.config import check_kwargs, load_config, require, run_cli, to_yaml
+from cir.evaluate import benchmark_splits
+from cir.evaluation import BenchmarkEvaluator
+from cir.models import export_open_clip
+from cir.reporting import atomic_write_text, write_json
+from cir.schema import PAPER_ALPHA, FitConfig
+from cir.slerp import METHODS
+from cir.tasks.base import ContrastiveTask
+from cir.tasks.tat import LORA_TOWERS
+
+log = logging.getLogger(__name__)
+
+
+def check_fit_config(cfg: DictConfig) -> None:
+    """Impossible values fail before any model is built or shard opened."""
+    require(cfg.task in TASKS, "task", f"one of {sorted(TASKS)}", cfg.task)
+    require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
+    lora = cfg.model.lora
+    require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
+    require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
+    require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
+    require(cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch", cfg.data.batch_size)
+    require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
+    require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
+    require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
+    require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "0 or more", cfg.optim.warmup_steps)
+    require(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps", "a positive step count", cfg.checkpoint.every_n_steps)
+    if cfg.data.resampled or cfg.data.samples_per_epoch is not None:
+        require(cfg.data.resampled and (cfg.data.samples_per_epoch or 0) > 0, "data.samples_per_epoch",
+                "a positive count together with data.resampled=true", cfg.data.samples_per_epoch)
+    if cfg.data.text_embeddings:
+        require(cfg.task == "tat" and cfg.model.anchor == "text", "data.text_embeddings",
+                "unset unless task=tat with model.anchor=text (cached captions need a frozen text tower)", cfg.data.text_embeddings)
+    for i, bench in enumerate(cfg.eval.benchmarks):
+        require(bench.name in PAPER_ALPHA, f"eval.benchmarks[{i}].name", f"one of {sorted(PAPER_ALPHA)}", bench.name)
+    for i, alpha in enumerate(cfg.eval.alphas):
+        require(0.0 <= alpha <= 1.0, f"eval.alphas[{i}]", "a value in [0, 1]", alpha)
+    for i, method in enumerate(cfg.eval.methods):
+        require(method in METHODS, f"eval.methods[{i}]", f"one of {list(METHODS)}", method)
+
+
+# Each task module provides `build(cfg) -> (LightningModule, LightningDataModule)`.
+TASKS = {
+    "tat": "cir.tasks.tat",
+    "supervised": "cir.tasks.supervised",
+    "pretrain": "cir.tasks.pretrain",
+}
+
+
+def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]:
+    return importlib.import_module(TASKS[cfg.task]).build(cfg)
+
+
+def periodic_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
+    """Zero-shot evaluation as validation (no feature cache: the weights change every step)."""
+    if not cfg.eval.benchmarks:
+        return None
+    benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg)]
+    alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
+    return BenchmarkEvaluator(benches, list(cfg.eval.methods), alphas, None, cfg.eval.batch_size, cfg.eval.num_workers)
+
+
+def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
+    return [
+        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
+                        save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0]),
+    ]
+
+
+def resume_path(out: Path) -> str | None:
+    last = out / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def main(path: str | None, overrides: list[str]) -> Path:
+    """usage: python -m cir.fit CONFIG [key=value ...] [--debug]"""
+    cfg = load_config(FitConfig, path, overrides)
+    check_fit_config(cfg)
+    trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
+    evaluator = periodic_evaluator(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, data = build_task(cfg)
+    module.attach_evaluator(evaluator)
+    out = Path(cfg.output_dir)
+    logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
+    trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
+                        num_sanity_val_steps=0, **trainer_kwargs)
+    if trainer.is_global_zero:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    ckpt = resume_path(out)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
+    if trainer.is_global_zero:
+        export = export_open_clip(module.backbone, out / "export.pt")
+        record = module.record()
+        record["samples_seen"] = samples
+        record["export"] = str(export)
+        write_json(out / "run.json", record)
+        print(f"export: {export}\nrun record: {out / 'run.json'}\ntensorboard: tensorboard --logdir {out}")
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_float32_matmul_precision("high")
+    run_cli(main)

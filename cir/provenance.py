@@ -1,0 +1,40 @@
+"""What made a run: recorded beside every checkpoint and inside it, so a number can be traced to its data."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+PACKAGES = ("cir", "torch", "torchvision", "lightning", "open_clip_torch", "peft", "torchmetrics", "webdataset", "omegaconf")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def run_record(config: dict[str, Any], initial_fingerprint: str, samples_seen: int, global_step: int) -> dict[str, Any]:
+    """Backbone and weights, training data, how much of it was seen, the resolved config, versions."""
+    return {
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": config.get("task"),
+        "backbone": {
+            "name": config["model"]["name"],
+            "pretrained": config["model"]["pretrained"],
+            "initial_fingerprint": initial_fingerprint,
+        },
+        "init_from": config.get("init_from"),
+        "train_data": config.get("data", {}),
+        "samples_seen": samples_seen,
+        "global_step": global_step,
+        "config": config,
+        "versions": package_versions(),
+    }

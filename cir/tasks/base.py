@@ -1,0 +1,103 @@
+"""What every contrastive fine-tuning task shares: config in hparams, temperature, AdamW + warmup-cosine,
+a non-finite-loss stop, periodic zero-shot evaluation as validation, and the run record in checkpoints."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cir.evaluation import BenchmarkEvaluator
+from cir.provenance import run_record
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint stays as it was."""
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class TemperatureMixin(nn.Module):
+    """Logit scale 1/T: a fixed buffer (the paper) or a learned log-parameter."""
+
+    def init_temperature(self, temperature: float, learn: bool) -> None:
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learn:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp().clamp(max=100.0)
+
+
+class ContrastiveTask(L.LightningModule, TemperatureMixin):
+    """What TAT and supervised fine-tuning share: config, optimiser, schedule, periodic evaluation."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = OmegaConf.create(config)
+        self.init_temperature(self.cfg.optim.temperature, self.cfg.optim.learn_temperature)
+        self.evaluator: BenchmarkEvaluator | None = None
+        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
+        self.initial_fingerprint = ""
+
+    def record(self) -> dict[str, Any]:
+        """Provenance of this run (this rank's count of samples; the CLI sums ranks for run.json)."""
+        return run_record(OmegaConf.to_container(self.cfg), self.initial_fingerprint, int(self.samples_seen), self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cir_run"] = self.record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.initial_fingerprint = checkpoint.get("cir_run", {}).get("backbone", {}).get("initial_fingerprint", "")
+
+    def attach_evaluator(self, evaluator: BenchmarkEvaluator | None) -> None:
+        self.evaluator = evaluator
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) at global step {self.global_step}: stopping; "
+                "the last checkpoint saved before this step is intact"
+            )
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if p.ndim >= 2]
+        no_decay = [p for n, p in named if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("training length unknown: set trainer.max_steps, or data.resampled=true with data.samples_per_epoch")
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, optim.warmup_steps, int(total))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def val_dataloader(self):
+        return self.evaluator.dataloaders(self.backbone) if self.evaluator else []
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluator.encode_batch(self.backbone, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.evaluator is None or not self.evaluator.collectors:
+            return
+        self.evaluator.finish_encoding(self.device)
+        metrics = self.evaluator.score(self.device)
+        self.log_dict({f"eval/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
