@@ -24,7 +24,7 @@ class ConfigError(ValueError):
     """A user-facing config problem: the message names the key or file and what is expected."""
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     """Read one experiment file with its `base:` chain merged underneath it."""
     path = path.resolve()
     if path in seen:
@@ -42,7 +42,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         bases = [bases]
     merged = OmegaConf.create()
     for base in bases:
-        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, (*seen, path)))
+        merged = OmegaConf.merge(merged, read_yaml(path.parent / base, (*seen, path)))
     return OmegaConf.merge(merged, raw)
 
 
@@ -80,7 +80,7 @@ def load_config(
     OmegaConf.set_struct(cfg, True)
     open_nodes(cfg, free_form)
     if path is not None:
-        cfg = _merge(cfg, _read_yaml(Path(path)), str(path))
+        cfg = _merge(cfg, read_yaml(Path(path)), str(path))
         open_nodes(cfg, free_form)
     bad = [o for o in overrides if "=" not in o]
     if bad:

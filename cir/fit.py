@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
-from cir.config import check_kwargs, load_config, require, run_cli, to_yaml
+from cir.config import check_kwargs, load_config, read_yaml, require, run_cli, to_yaml
 from cir.evaluate import benchmark_splits
 from cir.evaluation import BenchmarkEvaluator
 from cir.models import export_open_clip
@@ -71,6 +71,10 @@ TASKS = {
 }
 
 
+# Multi-stage runs (a config with `task: demo`) have their own schema and runner module.
+PIPELINES = {"demo": "cir.demo"}
+
+
 def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]:
     return importlib.import_module(TASKS[cfg.task]).build(cfg)
 
@@ -100,6 +104,8 @@ def resume_path(out: Path) -> str | None:
 
 def main(path: str | None, overrides: list[str]) -> Path:
     """usage: python -m cir.fit CONFIG [key=value ...] [--debug]"""
+    if path is not None and read_yaml(Path(path)).get("task") in PIPELINES:
+        return importlib.import_module(PIPELINES[read_yaml(Path(path)).task]).main(path, overrides)
     cfg = load_config(FitConfig, path, overrides)
     check_fit_config(cfg)
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
