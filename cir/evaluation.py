@@ -7,7 +7,7 @@ collection; a LightningModule only forwards its validation batches here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ from cir.features import (
     encoding_loaders,
 )
 from cir.models import Backbone
-from cir.scoring import MetricSpec, method_list, score_methods
+from cir.scoring import MetricSpec, method_list, score_fusion, score_methods
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ class BenchmarkEvaluator:
 
     def finish_encoding(self, device: torch.device) -> None:
         """Gather every rank's rows into full tables on every rank; rank 0 writes the cache."""
-        for i, collector in self.collectors.items():
+        for i, collector in list(self.collectors.items()):
             entry = self.entries[i]
             dim = next(f.shape[1] for parts in collector.parts.values() for _, f in parts)
             entry.feats = Features(collector.assemble("image", dim, device), collector.assemble("text", dim, device))
             rank_zero_only(self.cache.save)(entry.bench, entry.key, entry.feats)
-        self.collectors = {}
+            self.collectors[i] = FeatureCollector(collector.sizes)  # ready for the next validation run
 
     def features(self) -> list[tuple[CIRBenchmark, EvalIndex, Features]]:
         missing = [e.bench.name for e in self.entries if e.feats is None]
@@ -106,13 +106,24 @@ class BenchmarkEvaluator:
 
     def score(self, device: torch.device | None = None) -> dict[str, float]:
         """Flat `<dataset>/<split>/<method>/<metric>` dict in percent, FashionIQ averages included."""
+        return self._flat(device, lambda index, feats: score_methods(index, feats, self.methods, self.spec))
+
+    def score_fusion(
+        self, name: str, fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device | None = None
+    ) -> dict[str, float]:
+        """Like `score`, for one learned composition (a trained Slerp alpha or combiner) reported as method `name`."""
+        return self._flat(device, lambda index, feats: {name: score_fusion(index, feats, fuse, self.spec)})
+
+    def _flat(
+        self, device: torch.device | None, score_split: Callable[[EvalIndex, Features], dict[str, dict[str, float]]]
+    ) -> dict[str, float]:
         flat: dict[str, float] = {}
         for bench, index, feats in self.features():
             if not bench.has_targets:
                 raise ValueError(f"{bench.name}/{bench.split} has no ground truth: use `python -m cir.submit` for it")
             if device is not None:
                 feats = Features(feats.image.to(device), feats.text.to(device))
-            for method, metrics in score_methods(index, feats, self.methods, self.spec).items():
+            for method, metrics in score_split(index, feats).items():
                 for metric, value in metrics.items():
                     flat[f"{bench.name}/{bench.split}/{method}/{metric}"] = value
         flat.update(fashioniq_average(flat))

@@ -26,6 +26,7 @@ from cir.config import check_kwargs, load_config, read_yaml, require, run_cli, t
 from cir.evaluate import benchmark_splits
 from cir.evaluation import BenchmarkEvaluator
 from cir.models import export_open_clip
+from cir.preemption import GracefulInterruption
 from cir.reporting import atomic_write_text, write_json
 from cir.schema import PAPER_ALPHA, FitConfig
 from cir.slerp import METHODS
@@ -94,12 +95,19 @@ def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
                         save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
         ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0]),
+        GracefulInterruption(out / "checkpoints" / "last.ckpt"),
     ]
 
 
 def resume_path(out: Path) -> str | None:
-    last = out / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    """The newest of checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints (<out>/hpc_ckpt_N.ckpt).
+
+    Lightning writes an hpc checkpoint if SIGUSR1 comes before GracefulInterruption takes
+    over the handlers, and would load it by itself only under SLURM and without a path
+    given; choosing here resumes from the latest state either way.
+    """
+    found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
 
 
 def main(path: str | None, overrides: list[str]) -> Path:
@@ -113,6 +121,7 @@ def main(path: str | None, overrides: list[str]) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data = build_task(cfg)
     module.attach_evaluator(evaluator)
+    data.attach_evaluation(evaluator, module.backbone)
     out = Path(cfg.output_dir)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),

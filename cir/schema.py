@@ -134,13 +134,20 @@ class CheckpointConfig:
 
 @dataclass
 class SupervisedConfig:
-    """Supervised CIR fine-tuning on a benchmark's train triplets (reference, relative caption, target)."""
+    """Supervised CIR fine-tuning on a benchmark's train triplets (reference, relative caption, target).
+
+    Weights come from the top-level `init_from` (a TAT checkpoint or export) and get fresh
+    LoRA per model.anchor; batches use data.batch_size / data.num_workers. `fusion` composes
+    the query: slerp (alpha learned unless learn_alpha=false) or a CLIP4Cir-style combiner
+    (combiner_hidden wide, its gate starting at alpha).
+    """
 
     train: BenchmarkConfig = field(default_factory=lambda: BenchmarkConfig(split="train"))
     fusion: str = "slerp"
     alpha: float = 0.8
     learn_alpha: bool = True
     combiner_hidden: int = 1024
+    combiner_dropout: float = 0.5
 
 
 @dataclass

@@ -7,7 +7,8 @@ concatenate per-query results across ranks, so DDP evaluation equals the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,37 @@ def score_methods(
     block_size: int = 1024,
 ) -> dict[str, dict[str, float]]:
     """{method key: {"R@1": ..., "Rsub@1": ..., "mAP@5": ...}} in percent, synced over DDP ranks."""
+    composers = {
+        method_key(method, alpha): functools.partial(compose_queries, index, feats, method, alpha)
+        for method, alpha in methods
+    }
+    return _score_compositions(index, feats, composers, spec, block_size)
+
+
+def score_fusion(
+    index: EvalIndex,
+    feats: Features,
+    fuse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    spec: MetricSpec = MetricSpec(),
+    block_size: int = 1024,
+) -> dict[str, float]:
+    """Metrics of a learned composition `fuse(image feats, text feats)` (e.g. a trained combiner), as score_methods."""
+
+    @torch.no_grad()
+    def queries(rows: slice) -> torch.Tensor:
+        return fuse(feats.image[index.ref_rows[rows]], feats.text[index.text_rows[rows]])
+
+    return _score_compositions(index, feats, {"fusion": queries}, spec, block_size)["fusion"]
+
+
+def _score_compositions(
+    index: EvalIndex,
+    feats: Features,
+    composers: dict[str, Callable[[slice], torch.Tensor]],
+    spec: MetricSpec,
+    block_size: int,
+) -> dict[str, dict[str, float]]:
+    """Score each named query composer (rows slice -> query vectors) on this rank's slice of the queries."""
     rows = _rank_slice(len(index.ref_rows))
     device = feats.image.device
     gallery = feats.image[: index.n_gallery]
@@ -66,8 +98,8 @@ def score_methods(
     has_positives = index.positives.shape[1] > 1
     kmax = max(spec.recall + (spec.map if has_positives else ()))
     results: dict[str, dict[str, float]] = {}
-    for method, alpha in methods:
-        queries = compose_queries(index, feats, method, alpha, rows)
+    for name, composer in composers.items():
+        queries = composer(rows)
         _, top = topk_search(queries, gallery, kmax, exclude=exclude, query_block=block_size)
         recall = RecallAtK(spec.recall, prefix="R").to(device)
         recall.update(top, target)
@@ -81,7 +113,7 @@ def score_methods(
             mean_ap = MeanAveragePrecisionAtK(spec.map).to(device)
             mean_ap.update(top, index.positives[rows].to(device))
             values.update(mean_ap.compute())
-        results[method_key(method, alpha)] = {k: float(v) for k, v in values.items()}
+        results[name] = {k: float(v) for k, v in values.items()}
     return results
 
 

@@ -8,9 +8,10 @@ import lightning as L
 import torch
 
 from cir.data.shards import image_text_loader, image_text_pipeline
+from cir.data.validation import ZeroShotValidationData
 
 
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
     """Builds the shard loader once the process group exists, so shards split by the real rank."""
 
     def __init__(

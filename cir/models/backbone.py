@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cir.models.tokenizer import VOCABULARY_KEY, WordTokenizer
 from cir.models.towers import in_tower, tower_roots
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
 def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:
     """open_clip's tokenizer for a model, shared between backbones because building the BPE vocabulary is slow.
 
+    A config whose text_cfg.tokenizer_kwargs lists a `vocabulary` gets a WordTokenizer instead (cir.models.tokenizer).
+
     The key includes the text config, so a config re-registered under the same name gets a fresh tokenizer.
     """
     text_cfg = json.dumps((open_clip.get_model_config(model_name) or {}).get("text_cfg"), sort_keys=True)
@@ -171,7 +174,17 @@ def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:
 
 @functools.lru_cache(maxsize=16)
 def _cached_tokenizer(model_name: str, cache_dir: str | None, text_cfg: str) -> Callable:
-    return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    cfg = json.loads(text_cfg) or {}
+    kwargs = cfg.get("tokenizer_kwargs") or {}
+    if VOCABULARY_KEY not in kwargs:
+        return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+    tokenizer = WordTokenizer(context_length=cfg.get("context_length", 77), **kwargs)
+    if cfg.get("vocab_size") != tokenizer.vocab_size:
+        raise ValueError(
+            f"model config {model_name!r}: text_cfg.vocab_size is {cfg.get('vocab_size')} but its "
+            f"{len(tokenizer.words)}-word vocabulary needs {tokenizer.vocab_size} (words + pad, start, end)"
+        )
+    return tokenizer
 
 
 def register_model_config(path: str | Path) -> str:

@@ -88,9 +88,6 @@ class ContrastiveTask(L.LightningModule, TemperatureMixin):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def val_dataloader(self):
-        return self.evaluator.dataloaders(self.backbone) if self.evaluator else []
-
     @torch.no_grad()
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluator.encode_batch(self.backbone, batch, dataloader_idx)

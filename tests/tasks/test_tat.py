@@ -206,3 +206,57 @@ def test_bad_fit_config_is_one_line_naming_the_key(override, message, image_text
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cached_caption_embeddings_skip_the_text_tower(image_text_shards, tmp_path, monkeypatch):
+    from cir.data.embed_text import embed_shards
+    from cir.models import Backbone
+
+    torch.manual_seed(0)
+    meta_dir = tmp_path / "emb"
+    embed_shards(image_text_shards, meta_dir, create_backbone("cir-tiny", str(tiny_export(tmp_path))), batch_size=32)
+
+    def no_text_tower(self, tokens):
+        raise AssertionError("the text tower ran although cached embeddings were given")
+
+    monkeypatch.setattr(Backbone, "encode_text", no_text_tower)
+    out = run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=2",
+                  f"model.pretrained={tiny_export(tmp_path)}", f"data.text_embeddings={meta_dir}")
+    assert json.loads((out / "run.json").read_text())["global_step"] == 2
+
+
+def test_cached_embeddings_from_another_backbone_are_refused(image_text_shards, tmp_path, capsys):
+    from cir.data.embed_text import embed_shards
+
+    meta_dir = tmp_path / "emb"
+    embed_shards(image_text_shards, meta_dir, create_backbone("cir-tiny", str(tiny_export(tmp_path))), batch_size=32)
+    with pytest.raises(ValueError, match="fingerprint"):
+        run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=1", "seed=1", f"data.text_embeddings={meta_dir}")
+
+
+def tiny_export(tmp_path: Path) -> Path:
+    """A fixed random cir-tiny checkpoint, so two backbones built from it have the same weights."""
+    path = tmp_path / "tiny.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(create_backbone("cir-tiny", "none").model.state_dict(), path)
+    return path
+
+
+def test_periodic_zero_shot_evaluation_is_logged(image_text_shards, cirr_root, tmp_path):
+    metrics = {}
+
+    class Keep(L.Callback):
+        def on_validation_end(self, trainer, module):
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    original = fit.callbacks
+    try:
+        fit.callbacks = lambda cfg, out: [*original(cfg, out), Keep()]
+        run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                f"eval.benchmarks=[{{name: cirr, root: {cirr_root}, split: val}}]", "eval.alphas=[0.5]",
+                "eval.num_workers=0")
+    finally:
+        fit.callbacks = original
+    assert {"eval/cirr/val/slerp_a0.5/R@1", "eval/cirr/val/slerp_a0.9/R@1", "eval/cirr/val/image/Rsub@1"} <= set(metrics)
+    assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if k.startswith("eval/"))

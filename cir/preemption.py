@@ -1,0 +1,109 @@
+"""Stop training at a step boundary on SIGTERM, SIGINT or SLURM's requeue signal, with a checkpoint to resume from.
+
+Lightning acts on signals inside the handler: on SLURM's SIGUSR1 it saves mid-step,
+and under DDP each rank enters the save's barrier wherever it happens to be, which
+can meet another rank's gradient all-reduce and hang. Here a handler only records
+the signal; after each training step the ranks agree on what was received (one
+all-reduce of two integers), save the checkpoint together, rank 0 requeues the SLURM
+job when the signal was SIGUSR1, and every rank exits with 128 + signal number (the
+shell's code for "ended by this signal": the run is resumable, not finished). A
+second SIGINT aborts at once, without a checkpoint.
+
+The handlers are installed at train start, after Lightning's own, so they replace
+them for the training loop; Lightning puts the previous handlers back at teardown.
+DataLoader workers forked after that inherit them and so ignore SIGINT and SIGUSR1
+(a Ctrl-C or SLURM signal reaches them too), leaving shutdown to the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from types import FrameType
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+log = logging.getLogger(__name__)
+
+REQUEUE_SIGNAL = signal.SIGUSR1
+
+
+class Interrupted(SystemExit):
+    """A signal stopped the run after its checkpoint was saved; rerunning the same command resumes."""
+
+
+def slurm_job_id() -> str:
+    """The id that `scontrol requeue` takes: `<array job>_<task>` for an array task, else SLURM_JOB_ID."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ["SLURM_JOB_ID"]
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """`scontrol requeue JOB`; a failure is logged (the checkpoint is saved, the job can be resubmitted)."""
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        log.error("cannot requeue SLURM job %s: scontrol is not on PATH", job_id)
+        return False
+    if result.returncode != 0:
+        log.error("scontrol requeue %s failed (exit %d): %s", job_id, result.returncode, result.stderr.strip())
+        return False
+    log.info("requeued SLURM job %s", job_id)
+    return True
+
+
+class GracefulInterruption(L.Callback):
+    """On a signal, finish the current training step, save `checkpoint_path` on every rank together, then exit.
+
+    SIGTERM and SIGINT stop the run; under SLURM, SIGUSR1 (`#SBATCH --signal=USR1@SECONDS`,
+    or `scancel --signal=USR1`) also requeues the job, which resumes from the checkpoint.
+    Each rank logs its place in the job at train start, so a job's output shows
+    how many ranks Lightning formed and under which cluster environment.
+    """
+
+    def __init__(self, checkpoint_path: Path) -> None:
+        self.checkpoint_path = Path(checkpoint_path)
+        self.received: set[int] = set()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = set()
+        signals = [signal.SIGTERM, signal.SIGINT]
+        if SLURMEnvironment.detect():
+            signals.append(REQUEUE_SIGNAL)
+        for signum in signals:
+            signal.signal(signum, self._on_signal)
+        cluster = getattr(trainer.strategy, "cluster_environment", None)
+        log.info(
+            "rank %d of world size %d (node %d, local rank %d), cluster environment %s, from global step %d; "
+            "on %s: save %s and stop%s",
+            trainer.global_rank, trainer.world_size, trainer.node_rank, trainer.local_rank,
+            type(cluster).__name__ if cluster is not None else "none", trainer.global_step,
+            "/".join(signal.Signals(s).name for s in signals), self.checkpoint_path,
+            f" (SIGUSR1 also requeues SLURM job {slurm_job_id()})" if REQUEUE_SIGNAL in signals else "",
+        )
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and signum in self.received:
+            raise KeyboardInterrupt
+        log.warning("received %s: stopping after this training step", signal.Signals(signum).name)
+        self.received.add(signum)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        local = torch.tensor([int(REQUEUE_SIGNAL in self.received), max(self.received, default=0)],
+                             device=trainer.strategy.root_device)
+        requeue, signum = (int(v) for v in trainer.strategy.reduce(local, reduce_op="max"))
+        if not signum:
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        if trainer.is_global_zero:
+            log.info("saved %s at global step %d", self.checkpoint_path, trainer.global_step)
+            if requeue:
+                requeue_slurm_job(slurm_job_id())
+        raise Interrupted(128 + signum)

@@ -1,0 +1,196 @@
+"""Supervised CIR fine-tuning on (reference, caption, target) triplets, starting from a TAT checkpoint.
+
+`init_from` is the one handoff key: a TAT (or pretraining) Lightning checkpoint
+written by cir.fit, whose LoRA is merged into the weights; an export written by
+cir.fit (export.pt / .safetensors, loaded as model.name); or null for
+model.name + model.pretrained. Fresh LoRA then goes where model.anchor says, and
+the query is composed by a learned fusion (cir.fusion): Slerp with a trained
+alpha or a CLIP4Cir-style combiner. The loss is cross-entropy of each composed
+query against every target image of the global batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from open_clip.loss import gather_features
+from torch import Tensor
+
+from cir.config import ConfigError, require
+from cir.data.benchmarks import BENCHMARK_NAMES
+from cir.data.triplets import TripletDataModule, TripletDataset, load_triplets
+from cir.fusion import FUSIONS, SlerpFusion, build_fusion
+from cir.models import TOWERS, Backbone, apply_lora, create_backbone, merge_lora
+from cir.tasks.base import ContrastiveTask
+from cir.tasks.tat import LORA_TOWERS, build_tat_backbone
+
+LIGHTNING_SUFFIX = ".ckpt"
+# Checkpoint tasks whose backbone can be rebuilt here: TAT (LoRA, merged on load) and full pretraining.
+INIT_TASKS = ("tat", "pretrain")
+_BACKBONE_PREFIX = "backbone."
+
+
+def composed_contrastive_loss(
+    queries: Tensor, targets: Tensor, logit_scale: Tensor, rank: int = 0, world_size: int = 1
+) -> Tensor:
+    """Cross-entropy of each query over all targets of the global batch; query i's positive is target i.
+
+    Under DDP both sides are gathered from every rank (open_clip's gather_features,
+    gradient through this rank's slice), so each rank computes the full global loss
+    and the gradient of its own samples is exact.
+    """
+    if world_size > 1:
+        queries, targets = gather_features(queries, targets, rank=rank, world_size=world_size)
+    logits = logit_scale * queries @ targets.T
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def _load_lightning_checkpoint(path: Path, cfg: DictConfig) -> Backbone:
+    """Rebuild the checkpoint's backbone as its task built it, load its weights and merge any LoRA."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
+    if config is None or "state_dict" not in ckpt:
+        raise ConfigError(f"config key `init_from`: {path} is not a checkpoint written by cir.fit (no config in its hyper_parameters)")
+    source = OmegaConf.create(config)
+    if source.task not in INIT_TASKS:
+        raise ConfigError(
+            f"config key `init_from`: {path} is a `{source.task}` checkpoint; expected one of {list(INIT_TASKS)} "
+            "(or an export .pt / .safetensors)"
+        )
+    if source.model.name != cfg.model.name:
+        raise ConfigError(
+            f"config key `init_from`: {path} holds model.name={source.model.name!r} but this run has "
+            f"model.name={cfg.model.name!r}: set model.name={source.model.name}"
+        )
+    # Cached caption embeddings only mattered to that run's data; the weights file builds the same architecture.
+    source.data.text_embeddings = None
+    if source.task == "tat":
+        backbone = build_tat_backbone(source)
+    else:
+        backbone = create_backbone(source.model.name, source.model.pretrained, cache_dir=source.model.cache_dir)
+    state = {k[len(_BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_BACKBONE_PREFIX)}
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(f"config key `init_from`: {path} does not fit its own model config: {str(err).splitlines()[0]}") from None
+    merge_lora(backbone)
+    return backbone
+
+
+def initial_backbone(cfg: DictConfig) -> Backbone:
+    """The weights fine-tuning starts from, without LoRA, as `init_from` says."""
+    if cfg.init_from is None:
+        return create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
+    path = Path(cfg.init_from).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"config key `init_from`: file not found: {cfg.init_from} "
+            "(expected a TAT checkpoint .ckpt or an export .pt / .safetensors written by cir.fit, or null)"
+        )
+    if path.suffix == LIGHTNING_SUFFIX:
+        return _load_lightning_checkpoint(path, cfg)
+    try:
+        return create_backbone(cfg.model.name, str(path), cache_dir=cfg.model.cache_dir)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"config key `init_from`: {path} does not load as model.name={cfg.model.name}: {str(err).splitlines()[0]}"
+        ) from None
+
+
+class SupervisedTuning(ContrastiveTask):
+    """Fresh LoRA on the starting weights plus a learned fusion, trained on composed-query -> target retrieval."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        cfg = self.cfg
+        backbone = initial_backbone(cfg)
+        self.initial_fingerprint = backbone.fingerprint()
+        lora = cfg.model.lora
+        apply_lora(backbone, LORA_TOWERS[cfg.model.anchor], r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                   target_modules=tuple(lora.target_modules))
+        if cfg.model.grad_checkpointing:
+            backbone.set_grad_checkpointing(True)
+        self.backbone = backbone
+        sup = cfg.supervised
+        self.fusion = build_fusion(sup.fusion, backbone.embed_dim, alpha=sup.alpha, learn_alpha=sup.learn_alpha,
+                                   hidden=sup.combiner_hidden, dropout=sup.combiner_dropout)
+        # A frozen tower is encoded without autograd: no activations kept for a backward it never gets.
+        self.tower_trains = {t: any(p.requires_grad for _, p in backbone.tower_parameters(t)) for t in TOWERS}
+        self.rank, self.world_size = 0, 1
+
+    def setup(self, stage: str) -> None:
+        self.rank, self.world_size = self.global_rank, self.trainer.world_size
+
+    def _encode(self, tower: str, inputs: Tensor) -> Tensor:
+        encode = self.backbone.encode_image if tower == "image" else self.backbone.encode_text
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tower_trains[tower]):
+            return encode(inputs)
+
+    def queries_and_targets(self, references: Tensor, tokens: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Composed query and target features of a batch (references and targets in one image-tower pass)."""
+        images = self._encode("image", torch.cat([references, targets]))
+        reference, target = images.split([len(references), len(targets)])
+        return self.fusion(reference, self._encode("text", tokens)), target
+
+    def batch_loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        queries, targets = self.queries_and_targets(*batch)
+        return composed_contrastive_loss(queries, targets, self.logit_scale(), self.rank, self.world_size)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.batch_loss(batch)
+        self.check_loss(loss)
+        batch_size = batch[0].shape[0]
+        self.samples_seen += batch_size
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/temperature", 1.0 / self.logit_scale().detach(), batch_size=batch_size)
+        if isinstance(self.fusion, SlerpFusion):
+            self.log("train/alpha", self.fusion.alpha.detach(), prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        """Zero-shot metrics of the tuned backbone (base class), then the learned fusion's own."""
+        super().on_validation_epoch_end()
+        if self.evaluator is None or not self.evaluator.entries:
+            return
+        metrics = self.evaluator.score_fusion(self.fusion.key, self.fusion, self.device)
+        self.log_dict({f"eval/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
+        if isinstance(self.fusion, SlerpFusion):
+            self.log("eval/alpha", self.fusion.alpha.detach(), sync_dist=False, rank_zero_only=False)
+
+    def record(self) -> dict[str, Any]:
+        record = super().record()
+        record["train_data"] = {
+            "triplets": OmegaConf.to_container(self.cfg.supervised.train),
+            "batch_size": self.cfg.data.batch_size,
+        }
+        return record
+
+
+def check_supervised_config(cfg: DictConfig) -> None:
+    """Impossible supervised values fail before any checkpoint or image is read."""
+    sup = cfg.supervised
+    require(sup.fusion in FUSIONS, "supervised.fusion", f"one of {list(FUSIONS)}", sup.fusion)
+    if sup.fusion == "combiner" or sup.learn_alpha:
+        require(0.0 < sup.alpha < 1.0, "supervised.alpha", "a value strictly inside (0, 1) when it is learned", sup.alpha)
+    require(0.0 <= sup.alpha <= 1.0, "supervised.alpha", "a value in [0, 1]", sup.alpha)
+    require(sup.combiner_hidden > 0, "supervised.combiner_hidden", "a positive width", sup.combiner_hidden)
+    require(0.0 <= sup.combiner_dropout < 1.0, "supervised.combiner_dropout", "a value in [0, 1)", sup.combiner_dropout)
+    require(sup.train.name in BENCHMARK_NAMES, "supervised.train.name", f"one of {list(BENCHMARK_NAMES)}", sup.train.name)
+
+
+def build(cfg: DictConfig) -> tuple[SupervisedTuning, TripletDataModule]:
+    """The module and its triplet DataModule from a validated FitConfig (training images checked first)."""
+    check_supervised_config(cfg)
+    train = cfg.supervised.train
+    try:
+        triplets = load_triplets(train.name, train.root, train.split, image_root=train.image_root,
+                                 categories=list(train.categories), caption_mode=train.caption_mode)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"config key `supervised.train`: {err}") from None
+    module = SupervisedTuning(OmegaConf.to_container(cfg, resolve=True))
+    dataset = TripletDataset(triplets, module.backbone.preprocess_train, module.backbone.tokenize)
+    return module, TripletDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers)
