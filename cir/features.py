@@ -76,7 +76,7 @@ class EvalIndex:
             exclude=torch.tensor([gallery_row.get(q.reference, -1) for q in queries], dtype=torch.long),
             target=torch.tensor([gallery_index(q.target or (q.targets[0] if q.targets else None)) for q in queries]),
             positives=padded([[gallery_index(t) for t in q.targets] for q in queries]),
-            subset=padded([[gallery_row[m] for m in q.subset if m in gallery_row] for q in queries]),
+            subset=padded([[gallery_row[m] for m in dict.fromkeys(q.subset) if m in gallery_row] for q in queries]),
         )
 
 

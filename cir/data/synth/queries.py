@@ -104,6 +104,7 @@ def _distractors(rng: np.random.Generator, reference: Scene, target: Scene, gall
     if target.count < reference.count:  # removing the other object is the natural mistake
         (kept,) = target.objects
         candidates += [Scene(reference.background, (obj,)) for obj in reference.objects if obj != kept]
+    candidates = list(dict.fromkeys(candidates))  # the removed object's scene can also be a neighbour
     near = [n for n in candidates if shared_attributes(n, reference) >= closeness]
     far = [n for n in candidates if shared_attributes(n, reference) < closeness]
     n_near = min(len(near), max(wanted // 2, wanted - len(far)))

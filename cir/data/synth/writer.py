@@ -211,6 +211,8 @@ def _caption_entries(
     entries = []
     for offset, query in enumerate(scenes.queries):
         members = [names[s] for s in (query.reference, query.target, *query.distractors)]
+        if len(set(members)) != len(members):
+            raise RuntimeError(f"img_set of pair {first_pairid + offset} repeats a member: {members}")
         members = [members[i] for i in rng.permutation(len(members))]
         reference, target = names[query.reference], names[query.target]
         entry: dict[str, Any] = {"pairid": first_pairid + offset, "reference": reference}
