@@ -6,9 +6,11 @@ CIRCO, FashionIQ and the generated benchmark go through exactly the same code.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -55,14 +57,25 @@ class CIRBenchmark:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open any image mode (CMYK, 16-bit, palette, RGBA) as RGB."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("RGBA", "LA", "P"):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, img)
-        return img.convert("RGB")
+    """Open any image mode (CMYK, 16-bit, grayscale, palette, RGBA) as 8-bit RGB.
+
+    Transparency is composited on white, 16-bit and 32-bit integer images are
+    scaled (not clipped) to 8 bits, and an image past PIL's decompression-bomb
+    limit is refused (DecompressionBombError) instead of filling memory.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+                depth = 65535 if img.mode.startswith("I;16") else max(int(np.asarray(img).max()), 1)
+                scaled = np.asarray(img, dtype=np.float64) * (255.0 / depth)
+                return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8)).convert("RGB")
+            if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            return img.convert("RGB")
 
 
 class ImageDataset(Dataset):
