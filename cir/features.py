@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from cir.atomic import atomic_path
 from cir.data.benchmark import CIRBenchmark, ImageDataset
 
 CACHE_FORMAT = 1
@@ -156,19 +155,6 @@ def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, preproces
     return h.hexdigest()[:24]
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Temp file in the same folder + os.replace: a kill never leaves a half-written file to trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class FeatureCache:
     """Features on disk under `root/<name>-<split>-<key>.pt`, reused across runs."""
 
@@ -190,4 +176,5 @@ class FeatureCache:
     def save(self, bench: CIRBenchmark, key: str, feats: Features) -> None:
         path = self.path(bench, key)
         if path is not None:
-            atomic_torch_save({"key": key, "image": feats.image.half().cpu(), "text": feats.text.half().cpu()}, path)
+            with atomic_path(path) as tmp:
+                torch.save({"key": key, "image": feats.image.half().cpu(), "text": feats.text.half().cpu()}, tmp)

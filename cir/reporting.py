@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -15,21 +13,9 @@ import torch  # noqa: E402
 from torchvision.transforms.functional import pil_to_tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from cir.atomic import atomic_write_text  # noqa: E402
 from cir.data.benchmark import CIRBenchmark, load_rgb  # noqa: E402
 from cir.slerp import parse_method_key  # noqa: E402
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file + os.replace, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_json(path: Path, obj) -> None:
