@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cir.data.benchmark import CIRBenchmark, load_rgb
 from cir.data.benchmarks import load_benchmarks
+from cir.data.validation import ZeroShotValidationData
 
 _SHOWN_MISSING = 5
 
@@ -96,8 +97,11 @@ class TripletDataset(Dataset):
         return reference, self.tokenize([t.caption])[0], target
 
 
-class TripletDataModule(L.LightningDataModule):
-    """Shuffled full batches: under DDP Lightning swaps in its DistributedSampler, and drop_last keeps ranks in step."""
+class TripletDataModule(ZeroShotValidationData, L.LightningDataModule):
+    """Shuffled full batches: under DDP Lightning swaps in its DistributedSampler, and drop_last keeps ranks in step.
+
+    Validation loaders are the periodic zero-shot evaluator's (ZeroShotValidationData).
+    """
 
     def __init__(self, dataset: TripletDataset, batch_size: int, num_workers: int) -> None:
         super().__init__()

@@ -11,6 +11,7 @@ query against every target image of the global batch.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,10 @@ def composed_contrastive_loss(
 
 def _load_lightning_checkpoint(path: Path, cfg: DictConfig) -> Backbone:
     """Rebuild the checkpoint's backbone as its task built it, load its weights and merge any LoRA."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise ConfigError(f"config key `init_from`: {path} does not read as a torch checkpoint: {err}") from None
     config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
     if config is None or "state_dict" not in ckpt:
         raise ConfigError(f"config key `init_from`: {path} is not a checkpoint written by cir.fit (no config in its hyper_parameters)")
