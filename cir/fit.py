@@ -3,7 +3,8 @@
 `task:` in the config picks the LightningModule. Rerunning the same command
 resumes from <output_dir>/checkpoints/last.ckpt. The run folder gets the
 resolved config, TensorBoard logs, checkpoints, run.json (what made the run)
-and export.pt, the merged plain open_clip checkpoint.
+and the merged export: export.pt (a plain open_clip checkpoint) or, for a BLIP
+backbone, an export/ folder that transformers' from_pretrained loads.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from cir.config import check_kwargs, load_config, read_yaml, require, run_cli, to_yaml
 from cir.evaluate import benchmark_splits
 from cir.evaluation import BenchmarkEvaluator
-from cir.models import export_open_clip
+from cir.models import export_backbone
 from cir.preemption import GracefulInterruption
 from cir.reporting import atomic_write_text, write_json
 from cir.schema import PAPER_ALPHA, FitConfig
@@ -134,7 +135,7 @@ def main(path: str | None, overrides: list[str]) -> Path:
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
     if trainer.is_global_zero:
-        export = export_open_clip(module.backbone, out / "export.pt")
+        export = export_backbone(module.backbone, out)
         record = module.record()
         record["samples_seen"] = samples
         record["export"] = str(export)

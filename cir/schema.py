@@ -15,7 +15,8 @@ def _sweep() -> list[float]:
 
 @dataclass
 class ModelConfig:
-    """A backbone: open_clip name (or config JSON path) + pretrained tag, local checkpoint, or `none`."""
+    """A backbone: open_clip name (or config JSON path) + pretrained tag, local checkpoint, or `none`;
+    or a BLIP hub id / save_pretrained folder (its weights come with it: pretrained `none`)."""
 
     name: str = "ViT-L-14"
     pretrained: str = "openai"

@@ -1,4 +1,4 @@
-"""CLIP backbones (open_clip), LoRA adapters (peft) and export back to plain open_clip checkpoints.
+"""Backbones (open_clip CLIPs, transformers BLIP), LoRA adapters (peft) and export back to their own formats.
 
 Importing this package registers the shipped model configs (e.g. "cir-tiny",
 a 2-layer random CLIP for tests and smoke runs) with open_clip.
@@ -15,7 +15,13 @@ from cir.models.backbone import (
     register_model_config,
     weights_fingerprint,
 )
-from cir.models.export import export_open_clip, merged_state_dict
+from cir.models.blip import BlipBackbone, create_blip_backbone
+from cir.models.export import (
+    export_backbone,
+    export_open_clip,
+    export_pretrained,
+    merged_state_dict,
+)
 from cir.models.lora import apply_lora, count_parameters, has_lora, merge_lora
 from cir.models.towers import TOWERS, tower_parameter_names, tower_roots
 
@@ -26,11 +32,15 @@ __all__ = [
     "CONFIG_DIR",
     "TOWERS",
     "Backbone",
+    "BlipBackbone",
     "SplitAttention",
     "apply_lora",
     "count_parameters",
     "create_backbone",
+    "create_blip_backbone",
+    "export_backbone",
     "export_open_clip",
+    "export_pretrained",
     "fuse_attention",
     "has_lora",
     "merge_lora",

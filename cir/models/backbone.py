@@ -3,6 +3,8 @@
 `create_backbone` accepts an open_clip model name, our shipped "cir-tiny" config
 or a path to a model config JSON, and as weights either nothing (random init),
 a local checkpoint file (our exports included) or an open_clip pretrained tag.
+A Hugging Face BLIP hub id or save_pretrained folder builds a BlipBackbone
+(cir.models.blip), a subclass with the same interface.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cir.models import attention
 from cir.models.tokenizer import VOCABULARY_KEY, WordTokenizer
 from cir.models.towers import in_tower, tower_roots
 
@@ -31,6 +35,7 @@ NO_WEIGHTS = ("", "none")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _SCHEMAS = ("hf-hub:", "local-dir:")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class Backbone(nn.Module):
@@ -39,6 +44,10 @@ class Backbone(nn.Module):
     Features from `encode_image` / `encode_text` are L2-normalised. The image and
     text towers are named by `image_tower` / `text_tower` (root attribute names of
     `model`, see cir.models.towers) because a plain CLIP has no single text module.
+
+    The base of every backbone: cir.models.blip.BlipBackbone overrides the
+    model-specific methods (encoders, checkpointing, attention split / fuse and
+    LoRA target names), so the rest of cir never asks which model it holds.
     """
 
     def __init__(
@@ -101,6 +110,19 @@ class Backbone(nn.Module):
         """Recompute activations in the backward pass: memory for compute, for large batches."""
         self.model.set_grad_checkpointing(enable)
 
+    def split_attention(self, towers: Sequence[str]) -> None:
+        """Give the attention of `towers` separate q/k/v nn.Linear layers, so LoRA can adapt q and v alone."""
+        roots = [tower_roots(self.model, tower) for tower in towers]
+        attention.split_attention(self.model, lambda name: any(in_tower(name, r) for r in roots))
+
+    def fuse_attention(self) -> None:
+        """Undo `split_attention` (after merging LoRA): the model is a plain open_clip model again."""
+        attention.fuse_attention(self.model)
+
+    def lora_target(self, tower: str, target: str) -> str:
+        """The module-name suffix that LoRA target `target` (e.g. "q_proj") names in `tower`."""
+        return target
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -143,7 +165,14 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
     A tag trained with QuickGELU (OpenAI's) switches to the "<name>-quickgelu"
     config when one exists (else forces QuickGELU), so the features are right;
     `Backbone.name` is the config actually used.
+    A BLIP hub id ("Salesforce/blip-itm-large-coco") or save_pretrained folder
+    gives a BlipBackbone (see cir.models.blip.create_blip_backbone for `pretrained`).
     """
+    if _is_hugging_face_name(name):
+        # blip.py builds on Backbone and so imports this module: import it here, not at the top
+        from cir.models.blip import create_blip_backbone
+
+        return create_blip_backbone(name, pretrained, cache_dir=cache_dir)
     model_name = _resolve_model_name(name)
     weights, force_quick_gelu, model_name = _resolve_pretrained(model_name, pretrained)
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
@@ -206,6 +235,13 @@ def register_model_config(path: str | Path) -> str:
     return path.stem
 
 
+def _is_hugging_face_name(name: str) -> bool:
+    """A folder (save_pretrained output) or an "owner/repo" hub id that is no open_clip model name."""
+    if name.endswith(".json") or name.startswith(_SCHEMAS) or name.replace("/", "-") in open_clip.list_models():
+        return False
+    return os.path.isdir(name) or bool(_HUB_ID.fullmatch(name))
+
+
 def _resolve_model_name(name: str) -> str:
     if name.endswith(".json"):
         return register_model_config(name)
@@ -215,7 +251,8 @@ def _resolve_model_name(name: str) -> str:
     if cleaned not in open_clip.list_models():
         raise ValueError(
             f"unknown model {name!r}: use a name from open_clip.list_models() (e.g. 'ViT-B-32', 'ViT-L-14'), "
-            "'cir-tiny', or a path to a model config JSON"
+            "'cir-tiny', a path to a model config JSON, or a BLIP hub id ('Salesforce/blip-itm-large-coco') "
+            "or existing save_pretrained folder"
         )
     return cleaned
 

@@ -1,14 +1,17 @@
-"""Export a (LoRA-tuned) Backbone as a plain open_clip checkpoint.
+"""Export a (LoRA-tuned) Backbone in its library's own format, so a TAT model can be shared without cir or peft.
 
-The file loads with `open_clip.create_model_and_transforms(backbone.name,
-pretrained=path)` (strictly) and with `create_backbone(backbone.name, path)`,
-so a TAT model can be shared without cir or peft.
+An open_clip backbone becomes a checkpoint file that loads with
+`open_clip.create_model_and_transforms(backbone.name, pretrained=path)`
+(strictly) and with `create_backbone(backbone.name, path)`; a BLIP backbone a
+save_pretrained folder that `BlipForImageTextRetrieval.from_pretrained` and
+`create_backbone(folder)` load. `export_backbone` picks the format.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,21 +19,68 @@ import torch
 from safetensors.torch import save_file
 
 from cir.models.backbone import Backbone
+from cir.models.blip import BlipBackbone
 from cir.models.lora import has_lora, merge_lora
 
 
-def merged_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
-    """The open_clip state_dict of `backbone` with adapters merged, on CPU; `backbone` is left untouched."""
+def merged_copy(backbone: Backbone) -> Backbone:
+    """`backbone` with its adapters merged: a deep copy when it has any, so training can go on with the original."""
     if has_lora(backbone.model):
         backbone = copy.deepcopy(backbone)
         merge_lora(backbone)
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in backbone.model.state_dict().items()}
+    return backbone
+
+
+def merged_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
+    """The model state_dict of `backbone` with adapters merged, on CPU; `backbone` is left untouched."""
+    state = merged_copy(backbone).model.state_dict()
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def export_backbone(backbone: Backbone, out_dir: str | Path, stem: str = "export") -> Path:
+    """The merged backbone under `out_dir` in its own format; returns where.
+
+    open_clip: `<out_dir>/<stem>.pt` (export_open_clip); BLIP: the folder
+    `<out_dir>/<stem>` (export_pretrained).
+    """
+    out_dir = Path(out_dir)
+    if isinstance(backbone, BlipBackbone):
+        return export_pretrained(backbone, out_dir / stem)
+    return export_open_clip(backbone, out_dir / f"{stem}.pt")
+
+
+def export_pretrained(backbone: BlipBackbone, folder: str | Path) -> Path:
+    """Write the merged model, tokenizer and image processor as a save_pretrained folder; returns the folder.
+
+    Written beside `folder` and renamed into place, so a kill never leaves a
+    half-written export; an existing export there is replaced whole.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    merged = merged_copy(backbone)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old = folder.with_name(f"{tmp.name}.old")
+    try:
+        merged.save_pretrained(tmp)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    if old.is_dir():
+        shutil.rmtree(old)
+    elif old.exists():
+        old.unlink()
+    return folder
 
 
 def export_open_clip(backbone: Backbone, path: str | Path) -> Path:
     """Write the merged state_dict to `path` atomically (.safetensors or torch.save otherwise); returns the path.
 
-    Works on a deep copy, so training can go on with `backbone` afterwards.
+    Works on a deep copy, so training can go on with `backbone` afterwards. A BLIP
+    backbone's file loads with `create_backbone(backbone.name, path)`; its shareable
+    export is export_backbone's folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

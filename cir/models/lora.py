@@ -1,11 +1,13 @@
 """LoRA adapters on a Backbone's towers via peft (paper: rank 16, alpha 16, dropout 0.1, image tower).
 
 The chosen towers' attention is first split into q/k/v/out nn.Linear layers
-(cir.models.attention) so peft can adapt the query and value projections only;
-that keeps the trained fraction under 0.5 % as in the paper. peft's
+(`Backbone.split_attention`) so peft can adapt the query and value projections
+only; that keeps the trained fraction under 0.5 % as in the paper. Targets use
+these canonical names in every backbone (`Backbone.lora_target` translates them,
+e.g. to BERT's attention.self.query in BLIP's text tower). peft's
 `inject_adapter_in_model` edits `backbone.model` in place, so the Backbone
 interface is unchanged; `merge_lora` folds the adapters back into a plain
-open_clip model.
+open_clip (or transformers) model.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from cir.models.attention import fuse_attention, split_attention
 from cir.models.backbone import Backbone
 from cir.models.towers import TOWERS, in_tower, tower_roots
 
@@ -43,24 +44,26 @@ def apply_lora(
 ) -> None:
     """Add LoRA to `target_modules` inside `towers` and freeze every other parameter (logit_scale included).
 
-    A target matches a module whose dotted name equals it or ends with "." + it
-    (peft's rule), searched only inside the chosen towers.
+    A target, as `backbone.lora_target` translates it, matches a module whose
+    dotted name equals it or ends with "." + it (peft's rule), searched only
+    inside the chosen towers.
     """
     towers, target_modules = _validate(towers, r, alpha, dropout, target_modules)
     model = backbone.model
     if has_lora(model):
         raise ValueError(f"backbone {backbone.name!r} already has LoRA adapters: merge_lora it first")
     roots = {tower: tower_roots(model, tower) for tower in towers}
-    split_attention(model, lambda name: any(in_tower(name, root) for root in roots.values()))
+    backbone.split_attention(towers)
     targets: list[str] = []
     for tower, tower_root in roots.items():
         linears = [n for n, m in model.named_modules() if in_tower(n, tower_root) and isinstance(m, nn.Linear)]
-        unmatched = [t for t in target_modules if not any(_matches(n, t) for n in linears)]
+        suffixes = {t: backbone.lora_target(tower, t) for t in target_modules}
+        unmatched = [t for t, suffix in suffixes.items() if not any(_matches(n, suffix) for n in linears)]
         if unmatched:
             raise ValueError(
                 f"LoRA target_modules {unmatched} match no nn.Linear in the {tower} tower of {backbone.name!r}"
             )
-        targets += [n for n in linears if any(_matches(n, t) for t in target_modules)]
+        targets += [n for n in linears if any(_matches(n, s) for s in suffixes.values())]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
@@ -68,7 +71,7 @@ def apply_lora(
 
 
 def merge_lora(backbone: Backbone) -> None:
-    """Fold the adapters into the base weights in place; `backbone.model` becomes a plain open_clip model.
+    """Fold the adapters into the base weights in place; `backbone.model` becomes its library's plain model.
 
     Parameters keep their requires_grad (all frozen after `apply_lora`).
     """
@@ -80,7 +83,7 @@ def merge_lora(backbone: Backbone) -> None:
         setattr(model.get_submodule(parent_name), child, layer.get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
-    fuse_attention(model)
+    backbone.fuse_attention()
 
 
 def _matches(name: str, target: str) -> bool:

@@ -1,10 +1,12 @@
-"""Which parameters of an open_clip model belong to the image tower and which to the text tower.
+"""Which parameters of a backbone model belong to the image tower and which to the text tower.
 
-The image tower is always `.visual`. A CustomTextCLIP keeps its text tower in
-`.text`, but a plain CLIP spreads it over top-level attributes (transformer,
-token_embedding, positional_embedding, ln_final, text_projection, attn_mask),
-so freezing and LoRA select by these root attribute names rather than by one
-module. `logit_scale` / `logit_bias` belong to neither tower.
+In open_clip the image tower is always `.visual`. A CustomTextCLIP keeps its text
+tower in `.text`, but a plain CLIP spreads it over top-level attributes
+(transformer, token_embedding, positional_embedding, ln_final, text_projection,
+attn_mask), so freezing and LoRA select by these root attribute names rather
+than by one module. `logit_scale` / `logit_bias` belong to neither tower.
+Hugging Face BLIP has `vision_model` + `vision_proj` and `text_encoder` +
+`text_proj`; its `itm_head` belongs to neither.
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ _CLIP_TEXT_ROOTS = (
     "attn_mask",
 )
 
+_BLIP_ROOTS = {"image": ("vision_model", "vision_proj"), "text": ("text_encoder", "text_proj")}
+
 
 def tower_roots(model: nn.Module, tower: str) -> tuple[str, ...]:
     """Top-level attribute names of `model` that make up `tower` ("image" or "text")."""
+    if tower in _BLIP_ROOTS and all(isinstance(getattr(model, r, None), nn.Module) for r in _BLIP_ROOTS[tower]):
+        return _BLIP_ROOTS[tower]
     if tower == "image":
         return ("visual",)
     if tower == "text":

@@ -90,10 +90,10 @@ def initial_backbone(cfg: DictConfig) -> Backbone:
     if cfg.init_from is None:
         return create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
     path = Path(cfg.init_from).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(
-            f"config key `init_from`: file not found: {cfg.init_from} "
-            "(expected a TAT checkpoint .ckpt or an export .pt / .safetensors written by cir.fit, or null)"
+            f"config key `init_from`: not found: {cfg.init_from} "
+            "(expected a TAT checkpoint .ckpt, or an export written by cir.fit: export.pt or a BLIP export/ folder; or null)"
         )
     if path.suffix == LIGHTNING_SUFFIX:
         return _load_lightning_checkpoint(path, cfg)

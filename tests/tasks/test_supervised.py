@@ -207,7 +207,7 @@ def test_experiment_configs_hand_off_one_key(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("init_from=/nonexistent/tat/last.ckpt", "config key `init_from`: file not found: /nonexistent/tat/last.ckpt"),
+        ("init_from=/nonexistent/tat/last.ckpt", "config key `init_from`: not found: /nonexistent/tat/last.ckpt"),
         ("model.name=ViT-B-32", "set model.name=cir-tiny"),
         ("supervised.fusion=sum", "supervised.fusion"),
         ("supervised.alpha=1.0", "supervised.alpha"),
