@@ -11,8 +11,10 @@ second SIGINT aborts at once, without a checkpoint.
 
 The handlers are installed at train start, after Lightning's own, so they replace
 them for the training loop; Lightning puts the previous handlers back at teardown.
-DataLoader workers forked after that inherit them and so ignore SIGINT and SIGUSR1
-(a Ctrl-C or SLURM signal reaches them too), leaving shutdown to the main process.
+DataLoader workers forked after that inherit them, so a SIGINT or SIGUSR1 that reaches
+them too (a terminal's Ctrl-C, SLURM signalling every process) leaves them running
+until the main process shuts them down. PyTorch gives workers its own SIGTERM handler,
+which ends them: see docs/multinode.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -60,23 +63,29 @@ def requeue_slurm_job(job_id: str) -> bool:
 
 
 class GracefulInterruption(L.Callback):
-    """On a signal, finish the current training step, save `checkpoint_path` on every rank together, then exit.
+    """On a signal, finish the current optimizer step, save `checkpoint_path` on every rank together, then exit.
 
     SIGTERM and SIGINT stop the run; under SLURM, SIGUSR1 (`#SBATCH --signal=USR1@SECONDS`,
     or `scancel --signal=USR1`) also requeues the job, which resumes from the checkpoint.
     Each rank logs its place in the job at train start, so a job's output shows
-    how many ranks Lightning formed and under which cluster environment.
+    how many ranks Lightning formed, under which cluster environment, from which step.
     """
 
     def __init__(self, checkpoint_path: Path) -> None:
         self.checkpoint_path = Path(checkpoint_path)
         self.received: set[int] = set()
+        self.checked_step = -1
+        self.pid = os.getpid()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.received = set()
+        self.received, self.checked_step, self.pid = set(), trainer.global_step, os.getpid()
         signals = [signal.SIGTERM, signal.SIGINT]
         if SLURMEnvironment.detect():
             signals.append(REQUEUE_SIGNAL)
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("training outside the main thread: signals are not handled, a stopped run resumes "
+                        "from its last periodic checkpoint")
+            signals = []
         for signum in signals:
             signal.signal(signum, self._on_signal)
         cluster = getattr(trainer.strategy, "cluster_environment", None)
@@ -85,25 +94,41 @@ class GracefulInterruption(L.Callback):
             "on %s: save %s and stop%s",
             trainer.global_rank, trainer.world_size, trainer.node_rank, trainer.local_rank,
             type(cluster).__name__ if cluster is not None else "none", trainer.global_step,
-            "/".join(signal.Signals(s).name for s in signals), self.checkpoint_path,
+            "/".join(signal.Signals(s).name for s in signals) or "no signal", self.checkpoint_path,
             f" (SIGUSR1 also requeues SLURM job {slurm_job_id()})" if REQUEUE_SIGNAL in signals else "",
         )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked DataLoader worker: the main process stops the run and then its workers
         if signum == signal.SIGINT and signum in self.received:
             raise KeyboardInterrupt
         log.warning("received %s: stopping after this training step", signal.Signals(signum).name)
         self.received.add(signum)
 
+    def agreed(self, trainer: L.Trainer) -> tuple[bool, int]:
+        """(requeue, signal) over all ranks: any rank's signal stops them all at the same step."""
+        requeue, signum = REQUEUE_SIGNAL in self.received, max(self.received, default=0)
+        if trainer.world_size == 1:
+            return requeue, signum
+        local = torch.tensor([int(requeue), signum], device=trainer.strategy.root_device)
+        requeue, signum = trainer.strategy.reduce(local, reduce_op="max").tolist()
+        return bool(requeue), signum
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        local = torch.tensor([int(REQUEUE_SIGNAL in self.received), max(self.received, default=0)],
-                             device=trainer.strategy.root_device)
-        requeue, signum = (int(v) for v in trainer.strategy.reduce(local, reduce_op="max"))
+        # mid gradient accumulation there is no optimizer step to checkpoint yet (every rank accumulates alike)
+        if trainer.global_step == self.checked_step:
+            return
+        self.checked_step = trainer.global_step
+        requeue, signum = self.agreed(trainer)
         if not signum:
             return
         trainer.save_checkpoint(self.checkpoint_path)
         if trainer.is_global_zero:
-            log.info("saved %s at global step %d", self.checkpoint_path, trainer.global_step)
+            log.info("saved %s at global step %d; rerun the same command to resume", self.checkpoint_path,
+                     trainer.global_step)
             if requeue:
                 requeue_slurm_job(slurm_job_id())
+        # no rank exits before rank 0 has requeued: srun --kill-on-bad-exit ends the step on the first exit
+        trainer.strategy.barrier("GracefulInterruption")
         raise Interrupted(128 + signum)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import lightning as L
 import torch
 
+from cir.config import ConfigError
 from cir.data.shards import image_text_loader, image_text_pipeline
 from cir.data.validation import ZeroShotValidationData
 
@@ -41,6 +42,13 @@ class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
         self.text_embedding_key = text_embedding_key
 
     def train_dataloader(self):
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if world_size > 1 and not self.resampled:
+            # Shards split by rank give ranks different batch counts, and DDP would hang at the first missing step.
+            raise ConfigError(
+                f"config key `data.resampled`: {world_size} processes need data.resampled=true with "
+                "data.samples_per_epoch, so every rank draws the same number of batches"
+            )
         pipeline = image_text_pipeline(
             self.train_shards,
             image_transform=self.image_transform,

@@ -260,3 +260,13 @@ def test_periodic_zero_shot_evaluation_is_logged(image_text_shards, cirr_root, t
         fit.callbacks = original
     assert {"eval/cirr/val/slerp_a0.5/R@1", "eval/cirr/val/slerp_a0.9/R@1", "eval/cirr/val/image/Rsub@1"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if k.startswith("eval/"))
+
+
+def test_ddp_without_resampling_is_refused_instead_of_hanging(image_text_shards):
+    from cir.config import ConfigError
+    from cir.data.image_text import ImageTextDataModule
+
+    data = ImageTextDataModule(image_text_shards, lambda x: x, lambda t: t, batch_size=4, num_workers=0)
+    data.trainer = type("T", (), {"world_size": 2})()
+    with pytest.raises(ConfigError, match="data.resampled"):
+        data.train_dataloader()

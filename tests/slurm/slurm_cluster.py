@@ -1,0 +1,211 @@
+"""A one-node SLURM cluster for tests: munged, slurmctld and slurmd run from a temporary folder.
+
+Everything the daemons write (config, state, spool, logs, munge key and socket) lives
+under one temporary folder, removed at the end. They run in the foreground as children
+of the test process, so `stop()` ends exactly the processes `start()` made; SLURM_CONF
+in `env` points the client commands (sbatch, scontrol, squeue) at this cluster only.
+The node has CPUS CPUs whatever the hardware (SlurmdParameters=config_overrides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel", "srun")
+CPUS = 2
+
+SLURM_CONF = """\
+ClusterName=cirtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge_socket}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+PlugStackConfig={root}/plugstack.conf
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SlurmdParameters=config_overrides
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/builtin
+ReturnToService=2
+KillWait=10
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class SlurmUnavailable(RuntimeError):
+    """SLURM's packages are missing and cannot be installed here."""
+
+
+def missing_binaries() -> list[str]:
+    return [b for b in BINARIES if shutil.which(b) is None]
+
+
+def ensure_packages() -> None:
+    """apt-get install the SLURM and munge packages when a binary is missing (needs root and apt)."""
+    if not missing_binaries():
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise SlurmUnavailable(f"{', '.join(missing_binaries())} not installed, and installing {' '.join(PACKAGES)} "
+                               "needs apt-get as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if result.returncode != 0:
+            raise SlurmUnavailable(f"`{' '.join(cmd)}` failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    if missing_binaries():
+        raise SlurmUnavailable(f"{', '.join(missing_binaries())} still missing after installing {' '.join(PACKAGES)}")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports free on 127.0.0.1 now (all held open together, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
+    """Poll `condition` until it returns something truthy; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalSlurm:
+    """munged + slurmctld + slurmd on this host, as node `host` with CPUS CPUs in partition `test`."""
+
+    def __init__(self) -> None:
+        # munged wants every folder above its socket searchable by all: not so under pytest's 0700 tmp_path
+        self.root = Path(tempfile.mkdtemp(prefix="cir-slurm-"))
+        self.root.chmod(0o755)
+        self.host = socket.gethostname().split(".")[0]
+        self.conf = self.root / "slurm.conf"
+        # clients and jobs: this cluster's config, and the Python that runs the tests first on PATH
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf),
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.daemons: list[subprocess.Popen] = []
+
+    def write_config(self) -> None:
+        for sub in ("state", "spool", "munge"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # munged insists on a socket folder only its owner can write and a key only its owner can read
+        (self.root / "munge").chmod(0o755)
+        key = self.root / "munge.key"
+        key.write_bytes(secrets.token_bytes(1024))
+        key.chmod(0o600)
+        (self.root / "plugstack.conf").write_text("")
+        ctld_port, slurmd_port = free_ports(2)
+        self.conf.write_text(SLURM_CONF.format(
+            host=self.host, root=self.root, munge_socket=self.root / "munge" / "munge.socket",
+            ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=CPUS,
+        ))
+
+    def _spawn(self, name: str, *args: str) -> None:
+        log = open(self.root / f"{name}.out", "w")
+        self.daemons.append(subprocess.Popen([name, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                             start_new_session=True))
+        log.close()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the daemons (in the foreground, as our children) and wait until the node is idle."""
+        self.write_config()
+        munge_socket = self.root / "munge" / "munge.socket"
+        self._spawn("munged", "-F", f"--key-file={self.root / 'munge.key'}", f"--socket={munge_socket}",
+                    f"--pid-file={self.root / 'munged.pid'}", f"--seed-file={self.root / 'munged.seed'}")
+        try:
+            wait_for(lambda: munge_socket.exists() or self._died(), timeout, "munged's socket")
+            if not self._died():
+                self._spawn("slurmctld", "-D", "-c", "-f", str(self.conf))
+                self._spawn("slurmd", "-D", "-f", str(self.conf), "-N", self.host)
+                wait_for(lambda: self._died() or self.node_state() == "idle", timeout, f"node {self.host} to be idle")
+        except TimeoutError as err:
+            raise RuntimeError(f"{err}\n{self.logs()}") from None
+        if self._died():
+            raise RuntimeError(f"a SLURM daemon exited while starting:\n{self.logs()}")
+
+    def _died(self) -> bool:
+        return any(p.poll() is not None for p in self.daemons)
+
+    def node_state(self) -> str:
+        result = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=60)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def job(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, Restarts, ExitCode, ...)."""
+        text = self.run("scontrol", "show", "job", str(job_id), "-o").stdout
+        return dict(re.findall(r"(\w+)=(\S*)", text))
+
+    def jobs(self) -> list[int]:
+        return [int(j) for j in self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()]
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("munged.out", "slurmctld.out", "slurmd.out", "slurmctld.log", "slurmd.log"):
+            path = self.root / name
+            if path.is_file():
+                parts.append(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        """Cancel what is left of our jobs, end the daemons we started (slurmd, slurmctld, munged), remove the folder."""
+        if not self._died():
+            jobs = self.jobs()
+            if jobs:
+                self.run("scancel", *map(str, jobs), check=False)
+                with contextlib.suppress(TimeoutError):
+                    wait_for(lambda: not self.jobs(), 30, "cancelled jobs to end")
+        for proc in reversed(self.daemons):
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.daemons.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
