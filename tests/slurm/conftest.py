@@ -8,10 +8,6 @@ import pytest
 from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_packages
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slurm: needs a local SLURM cluster (munged, slurmctld, slurmd)")
-
-
 @pytest.fixture(scope="session")
 def slurm_packages() -> None:
     """Skips, with the reason, only where SLURM's packages are missing and cannot be installed."""
