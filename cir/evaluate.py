@@ -14,6 +14,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from cir.atomic import atomic_write_text
 from cir.config import check_kwargs, load_config, require, run_cli, to_yaml
 from cir.data.benchmark import CIRBenchmark
 from cir.data.benchmarks import load_benchmarks, missing_images
@@ -21,7 +22,6 @@ from cir.evaluation import BenchmarkEvaluator
 from cir.features import FeatureCache
 from cir.models import Backbone, create_backbone
 from cir.reporting import (
-    atomic_write_text,
     format_table,
     retrieval_grid,
     sweep_figure,

@@ -23,12 +23,13 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from cir.atomic import atomic_write_text
 from cir.config import check_kwargs, load_config, read_yaml, require, run_cli, to_yaml
 from cir.evaluate import benchmark_splits
 from cir.evaluation import BenchmarkEvaluator
 from cir.models import export_backbone
 from cir.preemption import GracefulInterruption
-from cir.reporting import atomic_write_text, write_json
+from cir.reporting import write_json
 from cir.schema import PAPER_ALPHA, FitConfig
 from cir.slerp import METHODS
 from cir.tasks.base import ContrastiveTask
