@@ -140,8 +140,11 @@ def main(path: str | None, overrides: list[str]) -> Path:
         record = module.record()
         record["samples_seen"] = samples
         record["export"] = str(export)
+        # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu.
+        record["export_model_name"] = module.backbone.name
         write_json(out / "run.json", record)
-        print(f"export: {export}\nrun record: {out / 'run.json'}\ntensorboard: tensorboard --logdir {out}")
+        print(f"export: {export} (load with model.name={module.backbone.name} model.pretrained={export})")
+        print(f"run record: {out / 'run.json'}\ntensorboard: tensorboard --logdir {out}")
     return out
 
 

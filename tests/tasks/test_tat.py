@@ -92,6 +92,7 @@ def test_cli_run_writes_checkpoint_export_record_and_tensorboard(image_text_shar
     assert (out / "config.yaml").read_text().count("anchor: text") == 1
     record = json.loads((out / "run.json").read_text())
     assert record["backbone"]["name"] == "cir-tiny" and record["global_step"] == 3
+    assert record["export_model_name"] == "cir-tiny"
     assert record["samples_seen"] == 3 * 16
     assert record["train_data"]["train_shards"] == image_text_shards
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"].startswith("2.")
