@@ -55,10 +55,11 @@ class EvalConfig:
 
 @dataclass
 class SubmitConfig:
+    """Test-server files; the list lengths are the servers' (CIRR 50 and 3, CIRCO 50), not settings."""
+
     split: str | None = None
     method: str = "slerp"
     alpha: float | None = None
-    k: int = 50
 
 
 @dataclass
