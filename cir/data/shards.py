@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -41,6 +41,8 @@ CAPTION_KEY = "txt"
 SKIP_REASONS = ("shard_error", "missing_image", "bad_image", "missing_caption", "missing_embedding", "bad_embedding")
 MAX_CONSECUTIVE_SKIPS = 10_000
 _WARNINGS_PER_REASON = 10
+# What a sample yields when nothing was skipped since the previous one (shared, never modified).
+_NO_SKIPS = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
 
 
 class ImageTextBatch(NamedTuple):
@@ -99,6 +101,46 @@ class SkipStats:
         return torch.tensor([self.counts[r] for r in SKIP_REASONS], dtype=torch.long)
 
 
+class NpyReader:
+    """np.load for many small .npy entries that share one header, without re-parsing that header each time.
+
+    np.load spends most of its time on a 64-float embedding parsing the header
+    (a Python literal). Every embedding that cir.data.embed_text writes has the
+    same dtype and shape, hence byte-identical header bytes: an entry that starts
+    with the last parsed header and holds exactly its data is read with
+    np.frombuffer; anything else goes through np.load (and becomes the header
+    to match next). The result equals np.load's, read-only.
+    """
+
+    _HEADER_READERS: ClassVar[dict] = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+    def __init__(self) -> None:
+        self.header = b""
+        self.dtype: np.dtype | None = None
+        self.shape: tuple[int, ...] = ()
+        self.nbytes = -1
+
+    def load(self, data: bytes) -> np.ndarray:
+        if self.dtype is not None and len(data) == len(self.header) + self.nbytes and data.startswith(self.header):
+            return np.frombuffer(data, dtype=self.dtype, offset=len(self.header)).reshape(self.shape)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        self._remember(data)
+        return array
+
+    def _remember(self, data: bytes) -> None:
+        """Cache the layout of a C-ordered, fixed-size array that np.load just read from `data`."""
+        stream = io.BytesIO(data)
+        reader = self._HEADER_READERS.get(np.lib.format.read_magic(stream))
+        self.dtype = None
+        if reader is None:
+            return
+        shape, fortran_order, dtype = reader(stream)
+        if fortran_order or dtype.hasobject:
+            return
+        self.header, self.dtype, self.shape = data[: stream.tell()], dtype, shape
+        self.nbytes = dtype.itemsize * int(np.prod(shape))
+
+
 class _Skip(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -113,9 +155,10 @@ class _ToImageText(PipelineStage):
         self.image_transform = image_transform
         self.text_embedding_key = text_embedding_key
         self.embedding_dim: int | None = None
+        self.npy = NpyReader()
 
     def run(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
-        reported = self.stats.vector()
+        reported, reported_total = self.stats.vector(), self.stats.total
         for sample in src:
             try:
                 text = self._text(sample)
@@ -124,9 +167,12 @@ class _ToImageText(PipelineStage):
                 self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
                 continue
             self.stats.passed()
+            if self.stats.total == reported_total:
+                yield image, text, _NO_SKIPS
+                continue
             now = self.stats.vector()
             yield image, text, now - reported
-            reported = now
+            reported, reported_total = now, self.stats.total
 
     def _image(self, sample: dict[str, Any]) -> torch.Tensor:
         key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -146,7 +192,7 @@ class _ToImageText(PipelineStage):
         if self.text_embedding_key not in sample:
             raise _Skip("missing_embedding", f"no {self.text_embedding_key!r} entry (keys: {sorted(sample)})")
         try:
-            embedding = np.load(io.BytesIO(sample[self.text_embedding_key]), allow_pickle=False)
+            embedding = self.npy.load(sample[self.text_embedding_key])
         except Exception as exn:
             raise _Skip("bad_embedding", f"{self.text_embedding_key}: {exn!r}") from exn
         if embedding.ndim != 1 or not np.issubdtype(embedding.dtype, np.floating):

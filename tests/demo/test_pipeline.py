@@ -1,0 +1,108 @@
+"""The demo end to end on a tiny run: every stage runs through the real CLIs, reruns skip, results.md has the table."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from cir import fit
+from cir.config import ConfigError, run_cli
+from cir.data.synth import vocabulary
+from cir.models import CONFIG_DIR
+
+DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
+TINY_SYNTH = ["synth.pretrain_samples=96", "synth.tune_samples=64", "synth.train_queries=24", "synth.val_queries=24",
+              "synth.test_queries=4", "synth.shard_size=64"]
+QUIET = "trainer.enable_progress_bar=false"
+TINY_STAGES = [f"{section}.{key}" for section in ("pretrain", "tat", "supervised")
+               for key in ("trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0", QUIET)]
+STAGES = ["synth", "pretrain", "eval_pretrain", "tat_text", "eval_tat_text", "tat_image", "eval_tat_image", "tat_none",
+          "eval_tat_none", "sup_from_tat_text", "eval_sup_from_tat_text", "sup_from_pretrain", "eval_sup_from_pretrain"]
+
+
+def run_demo(out: Path, *extra: str) -> list[str]:
+    """Through cir.fit's dispatch of `task: demo`, as a user runs it; returns the printed lines."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert fit.main(str(DEMO), [f"output_dir={out}", *TINY_SYNTH, *TINY_STAGES, *extra]) == out
+    return printed.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return out, run_demo(out)
+
+
+def stage_lines(lines: list[str]) -> dict[str, str]:
+    return {line.split("] ")[1].split(":")[0]: line for line in lines if line.startswith("[") and "done" in line}
+
+
+def test_every_stage_runs_and_writes_its_output(tiny_demo) -> None:
+    out, lines = tiny_demo
+    assert list(stage_lines(lines)) == STAGES
+    for name in ("pretrain", "tat_text", "tat_image", "tat_none", "sup_from_tat_text", "sup_from_pretrain"):
+        assert (out / name / "export.pt").is_file() and (out / name / "run.json").is_file()
+    record = json.loads((out / "tat_image" / "run.json").read_text())
+    assert record["config"]["model"]["anchor"] == "image"
+    assert record["config"]["model"]["pretrained"] == str(out / "pretrain" / "export.pt")
+    assert json.loads((out / "sup_from_tat_text" / "run.json").read_text())["config"]["init_from"] == str(
+        out / "tat_text" / "export.pt")
+    for split in ("val", "train"):
+        metrics = json.loads((out / "eval_tat_none" / split / "metrics.json").read_text())
+        assert metrics["meta/pretrained"] == str(out / "tat_none" / "export.pt")
+        assert f"cirr/{split}/slerp_a0.5/R@1" in metrics
+    gap = json.loads((out / "eval_pretrain" / "gap.json").read_text())
+    assert gap["pairs"] > 0 and 0.0 <= gap["gap"] <= 2.0
+
+
+def test_results_table_plot_and_tensorboard(tiny_demo) -> None:
+    out, lines = tiny_demo
+    text = (out / "results.md").read_text()
+    header = "| model | method | alpha | R@1 | R@5 | R@10 | Rsub@1 |"
+    assert header in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.count("|") == 8 and line != header]
+    labels = [row.split(" | ")[0][2:] for row in rows]
+    assert labels == ["pretrained CLIP"] * 4 + ["TAT (text anchor)", "image anchor", "no anchor",
+                                                 "supervised from TAT", "supervised from pretrained"]
+    assert "TAT narrows the modality gap" in text
+    assert (out / "alpha_sweep.png").stat().st_size > 1000
+    assert list((out / "tensorboard" / "summary").glob("events.*"))
+    assert lines[-1].endswith(f"tensorboard --logdir {out}") and any(str(out / "results.md") in line for line in lines)
+
+
+def test_rerun_skips_every_stage_and_rerun_redoes_one(tiny_demo) -> None:
+    out, _ = tiny_demo
+    export = out / "pretrain" / "export.pt"
+    before = export.stat().st_mtime_ns
+    lines = run_demo(out)
+    assert all("skipped" in line for line in stage_lines(lines).values())
+    assert export.stat().st_mtime_ns == before
+    metrics = out / "eval_tat_none" / "val" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    lines = stage_lines(run_demo(out, "demo.rerun=[eval_tat_none]"))
+    assert [name for name, line in lines.items() if "skipped" not in line] == ["eval_tat_none"]
+    assert metrics.stat().st_mtime_ns > before
+
+
+def test_config_errors_stop_before_any_stage(tmp_path, capsys) -> None:
+    for bad, key in (("demo.fresh=maybe", "demo.fresh"), ("tat.optim.lrr=1", "optim.lrr"),
+                     ("demo.rerun=[nope]", "demo.rerun"), ("synth.image_size=4", "synth")):
+        with pytest.raises(SystemExit):
+            run_cli(fit.main, [str(DEMO), f"output_dir={tmp_path / 'x'}", bad])
+        err = capsys.readouterr().err
+        assert key in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="task"):
+        from cir.demo.pipeline import load_demo_config
+
+        load_demo_config(DEMO, ["task=tat"])
+
+
+def test_demo_model_config_covers_the_benchmark_vocabulary() -> None:
+    config = json.loads((CONFIG_DIR / "cir-demo.json").read_text())
+    assert config["text_cfg"]["tokenizer_kwargs"]["vocabulary"] == vocabulary()
