@@ -1,6 +1,6 @@
 """Shard loader images/s with 2 workers vs what the TAT training step consumes (target: the loader is not the bottleneck).
 
-    python benchmarks/bench_loader.py [--rounds 3] [--batches 30] [--baseline REV]
+    python benchmarks/bench_loader.py [--rounds 4] [--batches 30] [--baseline REV]
 
 Per round, side by side, for captions as tokens and as cached embeddings:
   loader_*   image_text_loader over the generated shards (resampled, 2 workers), no training
@@ -108,7 +108,7 @@ def stage_shares(urls: list[str], key: str, backbone, repeats: int = 3) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)

@@ -1,6 +1,6 @@
 """TAT step throughput under Lightning vs a bare PyTorch loop doing the same step (target: overhead <= 3 %).
 
-    python benchmarks/bench_step.py [--rounds 5] [--steps 40] [--batch-size 128]
+    python benchmarks/bench_step.py [--rounds 7] [--steps 40] [--batch-size 128]
 
 Same module (cir-tiny, LoRA r16 on the image tower, frozen text tower, saved
 random-init weights), same in-memory batches read once from the generated
@@ -14,9 +14,7 @@ trainer.log_every_n_steps), to show how much of the overhead is per-step self.lo
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import common
 
@@ -39,7 +37,7 @@ def gated_logging_module(cfg):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -57,7 +55,7 @@ def main() -> int:
     shards = common.tune_shards(common.synth_data(4000))
     data = common.memory_batches(shards, common.new_tat_module(cfg).backbone, args.batch_size, 8)
     loader = DataLoader(common.Cycle(data, args.steps), batch_size=None, num_workers=0)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-step-", dir=common.BENCH_DIR))
+    scratch = common.BENCH_DIR / "step-runs"
 
     def lightning(minimal: bool, build=common.new_tat_module):
         def run() -> float:
