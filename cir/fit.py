@@ -24,10 +24,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from cir.atomic import atomic_write_text
-from cir.config import check_kwargs, load_config, read_yaml, require, run_cli, to_yaml
+from cir.config import (
+    ConfigError,
+    check_kwargs,
+    load_config,
+    read_yaml,
+    require,
+    run_cli,
+    to_yaml,
+)
 from cir.evaluate import benchmark_splits
 from cir.evaluation import BenchmarkEvaluator
 from cir.models import export_backbone
+from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.preemption import GracefulInterruption
 from cir.reporting import write_json
 from cir.schema import PAPER_ALPHA, FitConfig
@@ -44,9 +53,16 @@ def check_fit_config(cfg: DictConfig) -> None:
     require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
     lora = cfg.model.lora
     require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
+    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
+            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
     require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
     require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
-    require(cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch", cfg.data.batch_size)
+    require(cfg.data.batch_size is None or cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch",
+            cfg.data.batch_size)
+    require(cfg.data.batch_size is not None or cfg.data.global_batch_size is not None, "data.batch_size",
+            "a per-device batch, or data.global_batch_size to derive it from", None)
+    require(cfg.data.global_batch_size is None or cfg.data.global_batch_size > 0, "data.global_batch_size",
+            "a positive batch over all devices", cfg.data.global_batch_size)
     require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
     require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
     require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
@@ -76,6 +92,23 @@ TASKS = {
 
 # Multi-stage runs (a config with `task: demo`) have their own schema and runner module.
 PIPELINES = {"demo": "cir.demo"}
+
+
+def resolve_batch_size(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Split data.global_batch_size (the figure papers give) over processes and accumulated batches, evenly or not at all."""
+    total = cfg.data.global_batch_size
+    if total is None:
+        return
+    share = trainer.world_size * trainer.accumulate_grad_batches
+    require(total % share == 0, "data.global_batch_size",
+            f"a multiple of {trainer.world_size} process(es) x {trainer.accumulate_grad_batches} accumulated batch(es) "
+            f"= {share} (trainer.num_nodes x trainer.devices x trainer.accumulate_grad_batches)", total)
+    if cfg.data.batch_size is not None and cfg.data.batch_size != total // share:
+        raise ConfigError(
+            f"config key `data.batch_size`: {cfg.data.batch_size} per device disagrees with data.global_batch_size={total} "
+            f"over {share} process(es) x accumulation ({total // share} each); set data.batch_size=null to derive it"
+        )
+    cfg.data.batch_size = total // share
 
 
 def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]:
@@ -120,14 +153,15 @@ def main(path: str | None, overrides: list[str]) -> Path:
     check_fit_config(cfg)
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     evaluator = periodic_evaluator(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, data = build_task(cfg)
-    module.attach_evaluator(evaluator)
-    data.attach_evaluation(evaluator, module.backbone)
     out = Path(cfg.output_dir)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
                         num_sanity_val_steps=0, **trainer_kwargs)
+    resolve_batch_size(cfg, trainer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module, data = build_task(cfg)
+    module.attach_evaluator(evaluator)
+    data.attach_evaluation(evaluator, module.backbone)
     if trainer.is_global_zero:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
     ckpt = resume_path(out)

@@ -90,6 +90,8 @@ class FitModelConfig(ModelConfig):
     anchor: str = "text"
     lora: LoraConfig = field(default_factory=LoraConfig)
     grad_checkpointing: bool = False
+    # open_clip's AugmentationCfg for the training transform (scale, ratio, color_jitter, ...); empty: the model's default
+    aug_cfg: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,7 +99,8 @@ class TrainDataConfig:
     """WebDataset image-text shards (a brace pattern or a list; local paths or `pipe:` commands)."""
 
     train_shards: Any = None
-    batch_size: int = 128
+    batch_size: int | None = 128          # per device; null to derive it from global_batch_size
+    global_batch_size: int | None = None  # over all devices and accumulated batches; must divide evenly
     num_workers: int = 4
     samples_per_epoch: int | None = None
     resampled: bool = False

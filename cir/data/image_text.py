@@ -61,4 +61,14 @@ class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
             text_embedding_key=self.text_embedding_key,
         )
         pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return image_text_loader(pipeline, self.num_workers, pin_memory=pin)
+        loader = image_text_loader(pipeline, self.num_workers, pin_memory=pin)
+        if self.trainer is not None:
+            loader.position = self.training_position
+        return loader
+
+    def training_position(self) -> tuple[int, int]:
+        """(epoch, batches of it trained): where a run resumed from a checkpoint saved now picks up the data."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:
+            return self.trainer.current_epoch + 1, 0
+        return self.trainer.current_epoch, progress.current.processed

@@ -12,6 +12,10 @@ Multi-GPU: without resampling, shards are split by rank then by worker
 numbers of batches, which stalls DDP. With resampling, every (rank, worker) draws
 shards with replacement from its own seed and yields a fixed share of the epoch,
 so every rank yields the same number of batches.
+
+Resuming: an epoch's stream is a function of (seed, rank, worker, epoch), so a
+resumed run regenerates the interrupted epoch and passes over the batches it had
+already trained on (`ResumableLoader`) without decoding their images.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from webdataset.shardlists import expand_urls
 from webdataset.utils import PipelineStage, pytorch_worker_info
 
@@ -147,17 +152,94 @@ class _Skip(Exception):
         self.reason = reason
 
 
-class _ToImageText(PipelineStage):
-    """Raw tar sample -> (image tensor, caption or embedding, skips since the previous sample)."""
+class _EpochPlan:
+    """Which worker's part of the epoch this process makes, and which of those batches were trained on already.
 
-    def __init__(self, stats: SkipStats, image_transform: Callable, text_embedding_key: str | None) -> None:
+    The DataLoader takes batch j from worker j % W, so worker k makes batches k,
+    k + W, ... In the epoch a run resumes in, after P batches were trained, the
+    DataLoader still asks worker 0 first, for what was batch P: so worker k makes
+    worker (k + P) % W's part and passes over its batches before P. Shard
+    sampling, splitting and the epoch share all take the worker from here; it is
+    set in each worker at the start of each epoch (`ImageTextPipeline.iterator1`).
+    """
+
+    def __init__(self) -> None:
+        self.resume_batches = 0
+        self.rank, self.world_size, self.worker, self.num_workers = 0, 1, 0, 1
+        self.done: range = range(0)
+
+    def start_epoch(self) -> None:
+        self.rank, self.world_size, worker, num_workers = pytorch_worker_info()
+        self.num_workers = max(num_workers, 1)
+        self.worker = (worker + self.resume_batches) % self.num_workers
+        self.done = range(self.worker, self.resume_batches, self.num_workers)
+        self.resume_batches = 0
+
+    def seed(self) -> int:
+        """webdataset's per-worker seed (pytorch_worker_seed), for the worker whose part this process makes."""
+        return self.rank * 1000 + self.worker
+
+
+class _SplitByWorker(PipelineStage):
+    """webdataset's split_by_worker, for the worker the epoch plan says."""
+
+    def __init__(self, plan: _EpochPlan) -> None:
+        self.plan = plan
+
+    def run(self, src: Iterable) -> Iterator:
+        return itertools.islice(src, self.plan.worker, None, self.plan.num_workers)
+
+
+class _ToImageText(PipelineStage):
+    """Raw tar sample -> (image tensor, caption or embedding, skips since the previous sample).
+
+    With samples_per_epoch it also ends the worker's epoch after its share; in a
+    resumed epoch it first passes over the samples of the batches already trained on.
+    """
+
+    def __init__(self, stats: SkipStats, image_transform: Callable, text_embedding_key: str | None,
+                 plan: _EpochPlan, batch_size: int, samples_per_epoch: int | None) -> None:
         self.stats = stats
         self.image_transform = image_transform
         self.text_embedding_key = text_embedding_key
+        self.plan = plan
+        self.batch_size = batch_size
+        self.samples_per_epoch = samples_per_epoch
         self.embedding_dim: int | None = None
         self.npy = NpyReader()
 
     def run(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        plan = self.plan
+        if self.samples_per_epoch is None:
+            return self._samples(src, skip=self.batch_size * len(plan.done))
+        sizes = batch_sizes(self.samples_per_epoch, self.batch_size, plan.world_size)
+        share = sum(sizes[plan.worker::plan.num_workers])
+        skip = sum(sizes[j] for j in plan.done if j < len(sizes))
+        return itertools.islice(self._samples(src, skip), share - skip)
+
+    def _samples(self, src: Iterable[dict[str, Any]], skip: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        """The converted samples after `skip` usable ones (skipped unconverted; skips among them were counted before)."""
+        src = iter(src)
+        while skip > 0:
+            sample = next(src, None)
+            if sample is None:
+                return
+            skip -= self._looks_usable(sample)
+        yield from self._convert(src)
+
+    def _looks_usable(self, sample: dict[str, Any]) -> bool:
+        """What _convert would accept, judged from the caption and the image header (no decoding, no counting)."""
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is None:
+            return False
+        try:
+            self._text(sample)
+            with Image.open(io.BytesIO(sample[key])):
+                return True
+        except (_Skip, OSError, ValueError, Image.DecompressionBombError):
+            return False
+
+    def _convert(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         reported, reported_total = self.stats.vector(), self.stats.total
         for sample in src:
             try:
@@ -214,17 +296,21 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def epoch_share(samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int, worker: int) -> int:
-    """Samples one DataLoader worker yields per resampled epoch.
+def batch_sizes(samples_per_epoch: int, batch_size: int, world_size: int) -> list[int]:
+    """The sizes of a rank's batches in one resampled epoch.
 
     Every rank gets ceil(samples_per_epoch / world_size) samples in the same
     number of batches, all full but the last one, so DDP ranks stay in step
     and a single process yields exactly samples_per_epoch. The DataLoader takes
-    batch j from worker j % num_workers, so worker k owns batches k, k + num_workers, ...
+    batch j from worker j % num_workers, so worker k makes batches k, k + num_workers, ...
     """
     per_rank = _ceil_div(samples_per_epoch, world_size)
-    num_batches = _ceil_div(per_rank, batch_size)
-    return sum(min(batch_size, per_rank - j * batch_size) for j in range(worker, num_batches, num_workers))
+    return [min(batch_size, per_rank - start) for start in range(0, per_rank, batch_size)]
+
+
+def epoch_share(samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int, worker: int) -> int:
+    """Samples one DataLoader worker yields per resampled epoch."""
+    return sum(batch_sizes(samples_per_epoch, batch_size, world_size)[worker::num_workers])
 
 
 def batches_per_rank(samples_per_epoch: int, batch_size: int, world_size: int) -> int:
@@ -232,20 +318,33 @@ def batches_per_rank(samples_per_epoch: int, batch_size: int, world_size: int) -
     return _ceil_div(_ceil_div(samples_per_epoch, world_size), batch_size)
 
 
-def _take_epoch_share(src: Iterable, samples_per_epoch: int, batch_size: int) -> Iterator:
-    _, world_size, worker, num_workers = pytorch_worker_info()
-    return itertools.islice(src, epoch_share(samples_per_epoch, batch_size, world_size, num_workers, worker))
-
-
 class ImageTextPipeline(wds.DataPipeline):
     """A DataPipeline of ImageTextBatch that also carries what its loader needs to know."""
 
-    def __init__(self, *stages: Any, skip_stats: SkipStats, batch_size: int, samples_per_epoch: int | None, num_shards: int) -> None:
+    def __init__(self, *stages: Any, plan: _EpochPlan, skip_stats: SkipStats, batch_size: int,
+                 samples_per_epoch: int | None, num_shards: int) -> None:
         super().__init__(*stages)
+        self.plan = plan
         self.skip_stats = skip_stats
         self.batch_size = batch_size
         self.samples_per_epoch = samples_per_epoch
         self.num_shards = num_shards
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next iteration epoch `epoch` (same shards and shuffles), minus its first `batches` batches.
+
+        Call before the loader starts its workers: they take a copy of the pipeline.
+        The shard sampler and the shuffles count epochs up from -1 at each iteration.
+        """
+        for stage in self.pipeline:
+            if isinstance(stage, (wds.ResampledShards, wds.detshuffle)):
+                stage.epoch = epoch - 1
+        self.plan.resume_batches = batches
+
+    def iterator1(self) -> Iterator[ImageTextBatch]:
+        """One epoch: runs in the DataLoader worker, so the plan sees that worker."""
+        self.plan.start_epoch()
+        return super().iterator1()
 
 
 def expand_shard_urls(urls: str | Sequence[str]) -> list[str]:
@@ -295,22 +394,23 @@ def image_text_pipeline(
         raise ValueError("samples_per_epoch applies to resampled=True only; without resampling an epoch is one pass over the shards")
     shard_urls = expand_shard_urls(urls)
     stats = SkipStats()
+    plan = _EpochPlan()
     if resampled:
-        shards: list[Any] = [wds.ResampledShards(shard_urls, seed=seed, deterministic=True)]
+        shards: list[Any] = [wds.ResampledShards(shard_urls, seed=seed, worker_seed=plan.seed, deterministic=True)]
     else:
         shards = [
             wds.SimpleShardList(shard_urls),
             wds.detshuffle(len(shard_urls), seed=seed) if shuffle_buffer else None,
             wds.split_by_node,
-            wds.split_by_worker,
+            _SplitByWorker(plan),
         ]
     return ImageTextPipeline(
         *shards,
         wds.tarfile_to_samples(handler=stats.shard_error),
         wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None,
-        _ToImageText(stats, image_transform, text_embedding_key),
-        wds.pipelinefilter(_take_epoch_share)(samples_per_epoch, batch_size) if resampled else None,
+        _ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch if resampled else None),
         wds.batched(batch_size, collation_fn=functools.partial(_collate, tokenize=tokenize), partial=True),
+        plan=plan,
         skip_stats=stats,
         batch_size=batch_size,
         samples_per_epoch=samples_per_epoch,
@@ -328,7 +428,32 @@ def _pin_rank(rank: int, world_size: int, worker_id: int) -> None:
     os.environ["WORLD_SIZE"] = str(world_size)
 
 
-def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memory: bool = False) -> wds.WebLoader:
+class ResumableLoader(wds.WebLoader):
+    """A WebLoader whose place in training Lightning checkpoints and restores (its `_Stateful` protocol).
+
+    `position` says how far training got: (epoch, batches of it trained on this
+    rank). The loader cannot tell by itself: Lightning fetches batches ahead of
+    the step that trains on them. Lightning saves rank 0's position (every rank
+    has the same batch count), and hands it back before the loader's first epoch.
+    """
+
+    def __init__(self, pipeline: ImageTextPipeline, **kwargs: Any) -> None:
+        super().__init__(pipeline, **kwargs)
+        self.image_text_pipeline = pipeline
+        self.position: Callable[[], tuple[int, int]] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        if self.position is None:
+            return {}
+        epoch, batches = self.position()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self.image_text_pipeline.resume(state["epoch"], state["batches"])
+
+
+def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memory: bool = False) -> ResumableLoader:
     """A DataLoader over a pipeline that batches in its workers.
 
     Rank and world size come from RANK / WORLD_SIZE when both are set (torchrun,
@@ -336,7 +461,7 @@ def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memo
     here in the parent. A resampled loader has a length: the batches every rank yields.
     """
     rank, world_size, _, _ = pytorch_worker_info()
-    loader = wds.WebLoader(
+    loader = ResumableLoader(
         pipeline,
         batch_size=None,
         shuffle=False,
