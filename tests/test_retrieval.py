@@ -100,6 +100,36 @@ def test_bad_features_are_rejected():
         topk_search(queries, gallery, 2)
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_wide_rows_with_ties_across_the_kth_place_match_brute_force(k):
+    # 4 x (k + 1) x 128 columns and more: the column-group path, with equal scores straddling the k-th place
+    num_gallery = 4 * (k + 1) * 128 + 37
+    queries = _integer_features(6, 3, seed=11)
+    gallery = _integer_features(num_gallery, 3, seed=12)
+    expected, scores = _brute_force(queries.numpy(), gallery.numpy(), None)
+    for row, ranking in zip(scores, expected):
+        assert row[ranking[k - 1]] == row[ranking[k]]  # the tie these features make sure of
+    got_scores, got_indices = topk_search(queries, gallery, k, gallery_block=num_gallery)
+    assert got_indices.tolist() == [row[:k] for row in expected]
+    np.testing.assert_array_equal(got_scores.numpy(), np.take_along_axis(scores, got_indices.numpy(), axis=1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_bad_value_in_the_last_gallery_block_is_rejected(bad):
+    queries, gallery = _integer_features(3, 4, seed=13), _integer_features(10, 4, seed=14)
+    gallery[9, 2] = bad
+    with pytest.raises(ValueError, match="gallery holds"):
+        topk_search(queries, gallery, 2, gallery_block=4)
+
+
+def test_finite_values_whose_sum_overflows_are_accepted():
+    queries = torch.full((2, 4), 0.25)  # scores 3e38 and 1.5e38: finite; the gallery's sum is not
+    gallery = torch.full((6, 4), 3.0e38)
+    gallery[1::2] *= 0.5
+    _, indices = topk_search(queries, gallery, 2, gallery_block=3)
+    assert indices.tolist() == [[0, 2], [0, 2]]
+
+
 def _candidate_reference(scores: np.ndarray, candidates: np.ndarray, exclude: np.ndarray) -> list[list[int]]:
     ranked = []
     for i, row in enumerate(candidates):

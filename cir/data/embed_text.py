@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -130,7 +131,8 @@ def _embed_shard(url: str, target: Path, backbone: Backbone, *, key: str, batch_
     written, dim = 0, 0
     samples = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=stats.shard_error))
     try:
-        with wds.TarWriter(str(partial)) as sink:
+        # an integer mtime: a float one gets a PAX header per member, which doubles the file and its parsing
+        with wds.TarWriter(str(partial), mtime=int(time.time())) as sink:
             pending: list[tuple[dict[str, Any], str]] = []
             for sample in samples:
                 caption = sample.get(CAPTION_KEY, b"").decode("utf-8", errors="replace").strip()

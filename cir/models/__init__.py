@@ -13,6 +13,7 @@ from cir.models.backbone import (
     Backbone,
     create_backbone,
     register_model_config,
+    train_transform,
     weights_fingerprint,
 )
 from cir.models.blip import BlipBackbone, create_blip_backbone
@@ -49,5 +50,6 @@ __all__ = [
     "split_attention",
     "tower_parameter_names",
     "tower_roots",
+    "train_transform",
     "weights_fingerprint",
 ]

@@ -16,13 +16,15 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
 from torch import nn
 
 from cir.models import attention
@@ -35,6 +37,7 @@ NO_WEIGHTS = ("", "none")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 _SCHEMAS = ("hf-hub:", "local-dir:")
+AUGMENTATION_FIELDS = frozenset(AugmentationCfg.__dataclass_fields__)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -188,6 +191,23 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
         preprocess_val=preprocess_val,
         embed_dim=int(config["embed_dim"]),
     )
+
+
+def train_transform(backbone: Backbone, aug_cfg: Mapping[str, Any] | None) -> Callable:
+    """The training image transform: the backbone's own, or open_clip's with other augmentation settings.
+
+    aug_cfg holds open_clip AugmentationCfg fields; e.g. scale=[1, 1] keeps the whole
+    image, where the default random crop (scale 0.9-1) costs a 32 px image real detail.
+    """
+    if not aug_cfg:
+        return backbone.preprocess_train
+    preprocess_cfg = getattr(getattr(backbone.model, "visual", None), "preprocess_cfg", None)
+    if not preprocess_cfg:
+        raise ValueError(f"{backbone.name} is not an open_clip model: its training transform has no augmentation settings")
+    unknown = set(aug_cfg) - AUGMENTATION_FIELDS
+    if unknown:
+        raise ValueError(f"unknown augmentation settings {sorted(unknown)}; open_clip's are {sorted(AUGMENTATION_FIELDS)}")
+    return image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=True, aug_cfg=AugmentationCfg(**aug_cfg))
 
 
 def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:

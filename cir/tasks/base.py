@@ -4,15 +4,26 @@ a non-finite-loss stop, periodic zero-shot evaluation as validation, and the run
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cir.config import ConfigError
 from cir.evaluation import BenchmarkEvaluator
+from cir.models import Backbone, train_transform
 from cir.provenance import run_record
+
+
+def training_transform(cfg: DictConfig, backbone: Backbone) -> Callable:
+    """The backbone's training transform with `model.aug_cfg` applied (bad settings name the key)."""
+    try:
+        return train_transform(backbone, OmegaConf.to_container(cfg.model.aug_cfg))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key `model.aug_cfg`: {err}") from None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,6 +76,12 @@ class ContrastiveTask(L.LightningModule, TemperatureMixin):
 
     def attach_evaluator(self, evaluator: BenchmarkEvaluator | None) -> None:
         self.evaluator = evaluator
+
+    def logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's logs (every trainer.log_every_n_steps steps, as its logger connector
+        counts them): diagnostics that cost a cross-rank reduction are logged on these steps only."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def check_loss(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):

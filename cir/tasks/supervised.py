@@ -26,7 +26,7 @@ from cir.data.benchmarks import BENCHMARK_NAMES
 from cir.data.triplets import TripletDataModule, TripletDataset, load_triplets
 from cir.fusion import FUSIONS, SlerpFusion, build_fusion
 from cir.models import TOWERS, Backbone, apply_lora, create_backbone, merge_lora
-from cir.tasks.base import ContrastiveTask
+from cir.tasks.base import ContrastiveTask, training_transform
 from cir.tasks.tat import LORA_TOWERS, build_tat_backbone
 
 LIGHTNING_SUFFIX = ".ckpt"
@@ -196,5 +196,5 @@ def build(cfg: DictConfig) -> tuple[SupervisedTuning, TripletDataModule]:
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"config key `supervised.train`: {err}") from None
     module = SupervisedTuning(OmegaConf.to_container(cfg, resolve=True))
-    dataset = TripletDataset(triplets, module.backbone.preprocess_train, module.backbone.tokenize)
+    dataset = TripletDataset(triplets, training_transform(cfg, module.backbone), module.backbone.tokenize)
     return module, TripletDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers)

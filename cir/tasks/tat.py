@@ -19,7 +19,7 @@ from cir.data.image_text import ImageTextDataModule
 from cir.data.shards import SKIP_REASONS, expand_shard_urls
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
-from cir.tasks.base import ContrastiveTask
+from cir.tasks.base import ContrastiveTask, training_transform
 
 # Which towers get LoRA for each anchor (the anchor itself stays frozen).
 LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
@@ -75,17 +75,22 @@ class TextAnchoredTuning(ContrastiveTask):
         losses = self.loss_fn(image, text, self.logit_scale(), output_dict=True)
         loss = sum(losses.values())
         self.check_loss(loss)
-        gap = modality_gap(image.detach(), text.detach())
         batch_size = images.shape[0]
         self.samples_seen += batch_size
+        self.skipped_samples += skipped.to(self.skipped_samples)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss, batch_size=batch_size)
+        if self.logs_this_step():
+            self.log_diagnostics(image.detach(), text.detach(), batch_size)
+        return loss
+
+    def log_diagnostics(self, image: torch.Tensor, text: torch.Tensor, batch_size: int) -> None:
+        """Temperature, modality gap (mean over ranks) and skipped samples so far (sum over ranks)."""
         self.log("train/temperature", 1.0 / self.logit_scale().detach(), batch_size=batch_size)
+        gap = modality_gap(image, text)
         self.log_dict({f"train/modality_{k}": v for k, v in gap.items()}, sync_dist=True, batch_size=batch_size)
-        self.skipped_samples += skipped.to(self.skipped_samples)
         totals = {f"data/skipped_{reason}": c for reason, c in zip(SKIP_REASONS, self.skipped_samples.float())}
         self.log_dict(totals, reduce_fx="sum", sync_dist=True, batch_size=batch_size)
-        return loss
 
 
 def train_shards(cfg: DictConfig) -> tuple[str | list[str], str | None]:
@@ -110,7 +115,7 @@ def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) 
     module = task(OmegaConf.to_container(cfg, resolve=True))
     data = ImageTextDataModule(
         shards,
-        module.backbone.preprocess_train,
+        training_transform(cfg, module.backbone),
         module.backbone.tokenize,
         cfg.data.batch_size,
         cfg.data.num_workers,

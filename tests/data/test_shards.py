@@ -188,6 +188,27 @@ def test_bad_samples_and_shards_are_skipped_counted_and_logged(tmp_path, caplog)
     assert "000010" in messages and "broken.tar" in messages
 
 
+@pytest.mark.parametrize("resampled", [False, True])
+def test_resume_passes_over_the_trained_batches_bad_samples_and_all(tmp_path, resampled):
+    urls = [bad_shard(tmp_path / "bad.tar"), *make_shards(tmp_path, num_shards=2, per_shard=5)]
+    kw = {"image_transform": TRANSFORM, "tokenize": tokenize, "batch_size": 3, "shuffle_buffer": 4, "seed": 5}
+    if resampled:
+        kw.update(resampled=True, samples_per_epoch=17)
+
+    def epoch(resume: tuple[int, int] | None) -> list[list[int]]:
+        pipeline = image_text_pipeline(urls, **kw)
+        if resume is not None:
+            pipeline.resume(*resume)
+        return [b.texts[:, 0].tolist() for b in pipeline]
+
+    pipeline = image_text_pipeline(urls, **kw)
+    first, second = ([b.texts[:, 0].tolist() for b in pipeline] for _ in range(2))
+    assert first != second
+    assert epoch((0, 2)) == first[2:]
+    assert epoch((1, 0)) == second
+    assert epoch((1, 4)) == second[4:]
+
+
 def test_a_long_run_of_skips_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "MAX_CONSECUTIVE_SKIPS", 3)
     url = write(tmp_path / "x.tar", [{"__key__": f"{i:06d}", "txt": "1"} for i in range(5)])
@@ -207,6 +228,39 @@ def test_cached_embeddings_replace_tokens(tmp_path):
     assert batch.images.shape == (4, 3, 8, 8)
     torch.testing.assert_close(batch.texts, torch.from_numpy(vectors[[0, 1, 3, 4]]))
     assert pipeline.skip_stats.counts["missing_embedding"] == 1
+
+
+def npy(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def test_npy_reader_equals_np_load():
+    reader = shards.NpyReader()
+    rng = np.random.default_rng(0)
+    cases = [
+        rng.standard_normal(8).astype(np.float32),
+        rng.standard_normal(8).astype(np.float32),  # same header: the fast path
+        rng.standard_normal(8).astype(np.float16),  # another dtype
+        rng.standard_normal(5).astype(np.float16),  # another shape
+        np.asfortranarray(rng.standard_normal((3, 4))),  # Fortran order: never the fast path
+        np.asfortranarray(rng.standard_normal((3, 4))),
+        rng.standard_normal(5).astype(np.float16),
+    ]
+    for array in cases:
+        got = reader.load(npy(array))
+        assert got.dtype == array.dtype and got.shape == array.shape
+        np.testing.assert_array_equal(got, array)
+    reader.load(npy(cases[0]))  # primed with this header: odd payloads must not take the fast path
+    for payload in (npy(cases[0]) + b"\0" * 4, npy(cases[0])[:-4]):  # trailing bytes, truncated data
+        try:
+            expected = np.load(io.BytesIO(payload), allow_pickle=False)
+        except ValueError:
+            with pytest.raises(ValueError):
+                reader.load(payload)
+        else:
+            np.testing.assert_array_equal(reader.load(payload), expected)
 
 
 def test_bad_arguments_are_named(tmp_path):

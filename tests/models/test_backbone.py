@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cir.models import create_backbone, tower_parameter_names
+from cir.models import create_backbone, tower_parameter_names, train_transform
 from cir.models.backbone import _resolve_pretrained
 
 
@@ -118,3 +118,16 @@ def test_fingerprint_tracks_every_weight(build) -> None:
         c.model.logit_scale.fill_(0.0)
     assert c.fingerprint() != a.fingerprint()
     assert a.fingerprint() != a.half().fingerprint()
+
+
+def test_train_transform_takes_open_clip_augmentation_settings(build) -> None:
+    backbone = build()
+    assert train_transform(backbone, {}) is backbone.preprocess_train
+    image = Image.fromarray(torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).numpy())
+    whole = train_transform(backbone, {"scale": [1.0, 1.0]})
+    torch.manual_seed(0)
+    # scale 1 keeps the whole image: the same tensor as the evaluation transform, every time
+    assert all(torch.equal(whole(image), backbone.preprocess_val(image)) for _ in range(5))
+    assert any(not torch.equal(backbone.preprocess_train(image), backbone.preprocess_val(image)) for _ in range(5))
+    with pytest.raises(ValueError, match="scales"):
+        train_transform(backbone, {"scales": [1.0, 1.0]})

@@ -10,6 +10,7 @@ import lightning as L
 import open_clip
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
 from cir import fit
@@ -87,20 +88,23 @@ def test_only_lora_trains_and_the_anchor_stays_bit_identical(anchor, trained, fr
 
 
 def test_cli_run_writes_checkpoint_export_record_and_tensorboard(image_text_shards, tmp_path):
-    out = run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=3", "checkpoint.every_n_steps=2")
+    out = run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=4", "checkpoint.every_n_steps=2",
+                  "trainer.log_every_n_steps=2")
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "config.yaml").read_text().count("anchor: text") == 1
     record = json.loads((out / "run.json").read_text())
-    assert record["backbone"]["name"] == "cir-tiny" and record["global_step"] == 3
+    assert record["backbone"]["name"] == "cir-tiny" and record["global_step"] == 4
     assert record["export_model_name"] == "cir-tiny"
-    assert record["samples_seen"] == 3 * 16
+    assert record["samples_seen"] == 4 * 16
     assert record["train_data"]["train_shards"] == image_text_shards
     assert record["versions"]["torch"] == torch.__version__.split("+")[0] or record["versions"]["torch"].startswith("2.")
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["cir_run"]["backbone"]["name"] == "cir-tiny"
     assert ckpt["hyper_parameters"]["config"]["model"]["anchor"] == "text"
-    events = list((out / "tensorboard").glob("events.*"))
-    assert events
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    # the synced diagnostics on the steps Lightning writes (every 2nd), the loss on those too
+    for tag in ("train/loss", "train/modality_gap", "train/temperature", "data/skipped_bad_image"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 3], tag
     # the export is a plain open_clip checkpoint that loads strictly and gives the trained features
     model, _, _ = open_clip.create_model_and_transforms("cir-tiny", pretrained=str(out / "export.pt"))
     tuned = create_backbone("cir-tiny", str(out / "export.pt"))
@@ -195,6 +199,7 @@ def test_slurm_variables_are_honoured(monkeypatch, tmp_path):
     [
         ("model.anchor=both", "model.anchor"),
         ("model.lora.r=0", "model.lora.r"),
+        ("model.aug_cfg={scales: [1.0, 1.0]}", "model.aug_cfg"),
         ("data.batch_size=0", "data.batch_size"),
         ("model.lora.rank=4", "model.lora.rank"),
         ("task=distill", "task"),
@@ -207,6 +212,30 @@ def test_bad_fit_config_is_one_line_naming_the_key(override, message, image_text
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.batch_size=null", "data.global_batch_size=30", "trainer.accumulate_grad_batches=4"], "a multiple of 1 process(es) x 4"),
+        (["data.global_batch_size=32", "trainer.accumulate_grad_batches=4"], "set data.batch_size=null"),  # 16 given, 8 derived
+        (["data.batch_size=null"], "data.global_batch_size to derive it from"),
+    ],
+)
+def test_global_batch_that_does_not_split_evenly_is_refused(overrides, message, image_text_shards, capsys, monkeypatch):
+    monkeypatch.setattr(fit, "build_task", lambda cfg: pytest.fail("the model was built before the batch was checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(fit.main, [*TINY, f"data.train_shards={image_text_shards}", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_global_batch_is_split_over_processes_and_accumulation(tmp_path):
+    cfg = load_config(FitConfig, None, [*TINY, "data.batch_size=null", "data.global_batch_size=64"])
+    trainer = L.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=4, logger=False, default_root_dir=str(tmp_path))
+    fit.resolve_batch_size(cfg, trainer)
+    assert cfg.data.batch_size == 16
 
 
 def test_cached_caption_embeddings_skip_the_text_tower(image_text_shards, tmp_path, monkeypatch):
