@@ -62,7 +62,7 @@ def _merge(schema: DictConfig, layer: DictConfig | list[str], origin: str) -> Di
 
 
 def open_nodes(cfg: DictConfig, keys: Sequence[str]) -> None:
-    """Let free-form sections (trainer kwargs) take any key; they are validated separately."""
+    """Let free-form sections (trainer kwargs, augmentation settings) take any key; they are validated separately."""
     for key in keys:
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig):
@@ -73,7 +73,7 @@ def load_config(
     schema: type,
     path: str | Path | None,
     overrides: Sequence[str] = (),
-    free_form: Sequence[str] = ("trainer",),
+    free_form: Sequence[str] = ("trainer", "model.aug_cfg"),
 ) -> DictConfig:
     """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked."""
     cfg = OmegaConf.structured(schema)

@@ -199,7 +199,7 @@ def test_slurm_variables_are_honoured(monkeypatch, tmp_path):
     [
         ("model.anchor=both", "model.anchor"),
         ("model.lora.r=0", "model.lora.r"),
-        ("model.aug_cfg={scales: [1.0, 1.0]}", "model.aug_cfg"),
+        ("model.aug_cfg={scales: [1.0, 1.0]}", "expected open_clip AugmentationCfg fields"),
         ("data.batch_size=0", "data.batch_size"),
         ("model.lora.rank=4", "model.lora.rank"),
         ("task=distill", "task"),
@@ -229,6 +229,16 @@ def test_global_batch_that_does_not_split_evenly_is_refused(overrides, message, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_augmentation_settings_reach_the_training_transform(image_text_shards):
+    cfg = load_config(FitConfig, None, [*TINY, f"data.train_shards={image_text_shards}", "model.aug_cfg={scale: [1.0, 1.0]}"])
+    module, data = fit.build_task(cfg)
+    image = torch.rand(3, 40, 40)
+    from torchvision.transforms.functional import to_pil_image
+
+    pil = to_pil_image(image)
+    assert torch.equal(data.image_transform(pil), module.backbone.preprocess_val(pil))
 
 
 def test_global_batch_is_split_over_processes_and_accumulation(tmp_path):
