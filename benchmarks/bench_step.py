@@ -7,8 +7,9 @@ random-init weights), same in-memory batches read once from the generated
 shards, same AdamW + warmup-cosine schedule. Each contender's samples/s is
 counted from the end of step `--warmup` to the end of the last step, so Trainer
 setup is excluded but everything between steps (data fetch, hooks, logging) is in.
-The probe contender logs only on the Trainer's logging steps (every
-trainer.log_every_n_steps), to show how much of the overhead is per-step self.log calls.
+The probe contender makes every self.log call on the Trainer's logging steps only (every
+trainer.log_every_n_steps; TAT itself does so for its diagnostics, and logs the loss every step),
+to show what per-step self.log calls still cost.
 """
 
 from __future__ import annotations

@@ -149,10 +149,11 @@ class SupervisedTuning(ContrastiveTask):
         self.check_loss(loss)
         batch_size = batch[0].shape[0]
         self.samples_seen += batch_size
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/temperature", 1.0 / self.logit_scale().detach(), batch_size=batch_size)
-        if isinstance(self.fusion, SlerpFusion):
-            self.log("train/alpha", self.fusion.alpha.detach(), prog_bar=True, batch_size=batch_size)
+        if self.logs_this_step():
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+            self.log("train/temperature", 1.0 / self.logit_scale().detach(), batch_size=batch_size)
+            if isinstance(self.fusion, SlerpFusion):
+                self.log("train/alpha", self.fusion.alpha.detach(), prog_bar=True, batch_size=batch_size)
         return loss
 
     def on_validation_epoch_end(self) -> None:

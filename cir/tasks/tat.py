@@ -78,14 +78,15 @@ class TextAnchoredTuning(ContrastiveTask):
         batch_size = images.shape[0]
         self.samples_seen += batch_size
         self.skipped_samples += skipped.to(self.skipped_samples)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=batch_size)
-        self.log("train/loss", loss, batch_size=batch_size)
         if self.logs_this_step():
-            self.log_diagnostics(image.detach(), text.detach(), batch_size)
+            self.log_training(loss, losses, image.detach(), text.detach(), batch_size)
         return loss
 
-    def log_diagnostics(self, image: torch.Tensor, text: torch.Tensor, batch_size: int) -> None:
-        """Temperature, modality gap (mean over ranks) and skipped samples so far (sum over ranks)."""
+    def log_training(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor,
+                     batch_size: int) -> None:
+        """Loss and its terms, temperature, modality gap (mean over ranks), skipped samples so far (sum over ranks)."""
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=batch_size)
         self.log("train/temperature", 1.0 / self.logit_scale().detach(), batch_size=batch_size)
         gap = modality_gap(image, text)
         self.log_dict({f"train/modality_{k}": v for k, v in gap.items()}, sync_dist=True, batch_size=batch_size)

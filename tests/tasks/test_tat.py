@@ -103,7 +103,7 @@ def test_cli_run_writes_checkpoint_export_record_and_tensorboard(image_text_shar
     assert ckpt["hyper_parameters"]["config"]["model"]["anchor"] == "text"
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     # the synced diagnostics on the steps Lightning writes (every 2nd), the loss on those too
-    for tag in ("train/loss", "train/modality_gap", "train/temperature", "data/skipped_bad_image"):
+    for tag in ("train/loss", "train/contrastive_loss", "train/modality_gap", "train/temperature", "data/skipped_bad_image"):
         assert [e.step for e in events.Scalars(tag)] == [1, 3], tag
     # the export is a plain open_clip checkpoint that loads strictly and gives the trained features
     model, _, _ = open_clip.create_model_and_transforms("cir-tiny", pretrained=str(out / "export.pt"))
@@ -167,7 +167,7 @@ def first_step_loss(devices: int, tmp_path: Path) -> float:
     L.seed_everything(0)
     module = tiny_module("model.lora.dropout=0.0")
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        max_steps=1, log_every_n_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(module, DataLoader(FixedPairs(16), batch_size=16 // devices, shuffle=False, collate_fn=collate_pairs))
     return float(trainer.callback_metrics["train/loss"])
