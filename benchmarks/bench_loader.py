@@ -9,8 +9,7 @@ Per round, side by side, for captions as tokens and as cached embeddings:
 With --baseline REV, loader_*_REV runs cir/data/shards.py as it is at git revision
 REV, so a change to the loader is measured against its predecessor in the same run.
 First, each loading stage's share of a sample's cost (single process, embedded shards),
-to show where a worker's time goes. loader_cached_ustar reads a copy of the embedded shards
-without the per-member PAX headers that cir.data.embed_text's float mtimes cause.
+to show where a worker's time goes, and the tar parsing cost of embedded shards against their source.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import time
-from pathlib import Path
 
 import common
 
@@ -35,28 +33,6 @@ def loader_rate(shards_module, urls: list[str], backbone, batch_size: int, batch
     del loader
     gc.collect()  # shut the persistent workers down here, not in a later fork of this process
     return common.steady_rate(ends, samples, warmup)
-
-
-def without_pax_headers(meta_dir: Path) -> Path:
-    """A copy of embedded shards whose members carry integer mtimes, so tar writes no PAX header per member.
-
-    cir.data.embed_text writes each member with a float mtime, which tarfile stores in a
-    PAX extended header (an extra header block to parse per member). This copy shows what
-    writing plain ustar members would change for the loader.
-    """
-    import tarfile
-
-    out = meta_dir.parent / f"{meta_dir.name}-ustar"
-    if (out / "text_embeddings.json").is_file():
-        return out
-    out.mkdir(exist_ok=True)
-    for shard in sorted(meta_dir.glob("*.tar")):
-        with tarfile.open(shard) as source, tarfile.open(out / shard.name, "w", format=tarfile.USTAR_FORMAT) as sink:
-            for member in source:
-                member.mtime, member.pax_headers = int(member.mtime), {}
-                sink.addfile(member, source.extractfile(member))
-    (out / "text_embeddings.json").write_text((meta_dir / "text_embeddings.json").read_text())
-    return out
 
 
 def tar_parse_ratio(a: list[str], b: list[str], repeats: int = 3) -> float:
@@ -129,7 +105,6 @@ def main() -> int:
     weights = common.saved_backbone("cir-tiny")
     shards = common.tune_shards(common.synth_data(4000))
     meta = load_text_embedding_meta(common.embedded_shards(shards, weights))
-    ustar = load_text_embedding_meta(without_pax_headers(meta.directory))
     steps = args.batches + args.warmup + 1
     base = ["model.name=cir-tiny", f"model.pretrained={weights}", f"data.batch_size={args.batch_size}", "data.num_workers=2",
             "optim.warmup_steps=10", f"trainer.max_steps={steps}"]
@@ -163,12 +138,9 @@ def main() -> int:
 
         contenders[f"step_{text}"] = step
         contenders[f"fit_{text}"] = fit
-    contenders["loader_cached_ustar"] = lambda: loader_rate(current, ustar.urls, backbone, args.batch_size, args.batches,
-                                                            args.warmup, ustar.key)
 
     figures: dict = stage_shares(meta.urls, meta.key, backbone)
     figures["tar parsing per sample, embed_text's shards / their source shards"] = tar_parse_ratio(meta.urls, shards)
-    figures["tar parsing per sample, the same embedded shards without PAX headers / source shards"] = tar_parse_ratio(ustar.urls, shards)
     results = common.interleaved(contenders, args.rounds)
     verdicts = []
     for text in sources:
@@ -181,10 +153,6 @@ def main() -> int:
                 results[f"loader_{text}"], results[f"loader_{text}{suffix}"])
         verdicts.append((ratio >= 1.0, f"{text}: the loader delivers {ratio:.2f}x what the step consumes (target >= 1x)"))
     figures["loader images/s, cached / tokens (median)"] = common.median_ratio(results["loader_cached"], results["loader_tokens"])
-    figures["loader images/s, cached without PAX headers / cached as embed_text writes them (median)"] = common.median_ratio(
-        results["loader_cached_ustar"], results["loader_cached"])
-    figures["loader images/s, cached without PAX headers / tokens (median)"] = common.median_ratio(
-        results["loader_cached_ustar"], results["loader_tokens"])
     figures["in-memory step samples/s, cached / tokens (median)"] = common.median_ratio(results["step_cached"], results["step_tokens"])
     figures.update({"rounds": args.rounds, "timed batches per run": args.batches, "batch size": args.batch_size})
     return common.finish("loader", info, figures, verdicts, args.json)
