@@ -1,6 +1,6 @@
-"""Benchmark roots built from the shared annotation excerpts plus placeholder images.
+"""Benchmark roots built from real annotation excerpts plus placeholder images.
 
-The excerpts live in <repo root>/../shared/fixtures (annotations only); each
+The excerpts live in tests/fixtures (annotations only, see its README.md); each
 fixture copies one benchmark into tmp_path and writes a small solid-colour image
 for every name it lists, read straight from the JSON (not through the loaders).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+ANNOTATION_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def placeholder_color(image_id: str) -> tuple[int, int, int]:
@@ -31,10 +31,7 @@ def _write_image(path: Path, image_id: str) -> None:
 
 
 def _copy_fixture(name: str, tmp_path: Path) -> Path:
-    source = SHARED_FIXTURES / name
-    if not source.is_dir():
-        raise FileNotFoundError(f"shared fixtures not found at {source} (expected shared/ beside the repository)")
-    return Path(shutil.copytree(source, tmp_path / name))
+    return Path(shutil.copytree(ANNOTATION_FIXTURES / name, tmp_path / name))
 
 
 def _read(path: Path):

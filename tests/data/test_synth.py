@@ -27,7 +27,7 @@ from cir.data.synth import writer as synth_writer
 from cir.data.synth.captions import Edit, apply_edit, pretrain_caption
 from cir.data.synth.scenes import Scene, SceneObject, neighbours, random_scene
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "cirr" / "cirr" / "captions"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cirr" / "cirr" / "captions"
 TINY = dict(
     image_size=16, pretrain_samples=45, tune_samples=30, train_queries=20, val_queries=300, test_queries=20,
     shard_size=20,

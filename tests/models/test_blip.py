@@ -345,4 +345,4 @@ def test_experiment_configs_hold_the_papers_blip_settings() -> None:
     assert (tat.task, tat.model.name, tat.model.anchor) == ("tat", "Salesforce/blip-itm-large-coco", "text")
     assert (tat.model.lora.r, tat.model.lora.alpha, tat.model.lora.dropout) == (16, 16, 0.1)
     assert list(tat.model.lora.target_modules) == ["q_proj", "v_proj"]
-    assert tat.optim == vitl.optim and tat.data.batch_size * tat.trainer.devices == 1024
+    assert tat.optim == vitl.optim and tat.data.global_batch_size == 1024
