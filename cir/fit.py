@@ -53,10 +53,10 @@ def check_fit_config(cfg: DictConfig) -> None:
     require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
     lora = cfg.model.lora
     require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
-    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
-            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
     require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
     require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
+    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
+            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
     require(cfg.data.batch_size is None or cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch",
             cfg.data.batch_size)
     require(cfg.data.batch_size is not None or cfg.data.global_batch_size is not None, "data.batch_size",

@@ -212,8 +212,8 @@ class _ToImageText(PipelineStage):
         plan = self.plan
         if self.samples_per_epoch is None:
             return self._samples(src, skip=self.batch_size * len(plan.done))
+        share = epoch_share(self.samples_per_epoch, self.batch_size, plan.world_size, plan.num_workers, plan.worker)
         sizes = batch_sizes(self.samples_per_epoch, self.batch_size, plan.world_size)
-        share = sum(sizes[plan.worker::plan.num_workers])
         skip = sum(sizes[j] for j in plan.done if j < len(sizes))
         return itertools.islice(self._samples(src, skip), share - skip)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cir.models import Backbone, create_backbone
 
@@ -51,3 +52,23 @@ def build():
 def images():
     """images(backbone, n=4, seed=1): random inputs at the backbone's image size."""
     return _images
+
+
+def _train_steps(backbone: Backbone, images: torch.Tensor, tokens: torch.Tensor, steps: int = 3) -> None:
+    """A few AdamW steps of the symmetric contrastive loss at temperature 0.07, on whatever requires grad."""
+    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2)
+    backbone.train()
+    labels = torch.arange(len(images))
+    for _ in range(steps):
+        logits = backbone.encode_image(images) @ backbone.encode_text(tokens).T / 0.07
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    backbone.eval()
+
+
+@pytest.fixture
+def train_steps():
+    """train_steps(backbone, images, tokens, steps=3): a few contrastive steps, then eval mode."""
+    return _train_steps

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -77,19 +76,6 @@ def _images(n: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def _train_steps(backbone: BlipBackbone, images: torch.Tensor, tokens: torch.Tensor, steps: int = 3) -> None:
-    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2)
-    backbone.train()
-    labels = torch.arange(len(images))
-    for _ in range(steps):
-        logits = backbone.encode_image(images) @ backbone.encode_text(tokens).T / 0.07
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    backbone.eval()
-
-
 def _lora_names(backbone: BlipBackbone) -> list[str]:
     return [n for n, _ in backbone.model.named_parameters() if "lora_" in n]
 
@@ -147,7 +133,7 @@ def test_split_qkv_gives_the_same_features_and_fuses_back_bit_for_bit(blip) -> N
     assert state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in original)
 
 
-def test_lora_on_the_image_tower_trains_only_adapters(blip, blip_dir) -> None:
+def test_lora_on_the_image_tower_trains_only_adapters(train_steps, blip, blip_dir) -> None:
     reference = create_backbone(str(blip_dir), "none").eval()
     apply_lora(blip, towers=("image",), dropout=0.0)
     names = _lora_names(blip)
@@ -157,7 +143,7 @@ def test_lora_on_the_image_tower_trains_only_adapters(blip, blip_dir) -> None:
     assert count_parameters(blip)[0] == LAYERS * 2 * 16 * (WIDTH + WIDTH)
     before = {n: p.detach().clone() for n, p in blip.model.named_parameters()}
     x, tokens = _images(), blip.tokenize(CAPTIONS)
-    _train_steps(blip, x, tokens)
+    train_steps(blip, x, tokens)
     changed = {n for n, p in blip.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed == set(names)
     with torch.no_grad():
@@ -195,10 +181,10 @@ def test_grad_checkpointing_gives_the_same_lora_gradients(blip_dir) -> None:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
 
 
-def test_export_is_a_plain_transformers_checkpoint_that_round_trips(blip, blip_dir, tmp_path) -> None:
+def test_export_is_a_plain_transformers_checkpoint_that_round_trips(train_steps, blip, blip_dir, tmp_path) -> None:
     apply_lora(blip, towers=("image", "text"), dropout=0.0)
     x, tokens = _images(), blip.tokenize(CAPTIONS)
-    _train_steps(blip, x, tokens)
+    train_steps(blip, x, tokens)
     fingerprint = blip.fingerprint()
     with torch.no_grad():
         tuned = blip.encode_image(x), blip.encode_text(tokens)

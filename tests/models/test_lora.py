@@ -3,7 +3,6 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
@@ -20,20 +19,6 @@ from cir.models import (
 
 def _lora_names(backbone: Backbone) -> list[str]:
     return [n for n, _ in backbone.model.named_parameters() if "lora_" in n]
-
-
-def _train_steps(backbone: Backbone, images: torch.Tensor, tokens: torch.Tensor, steps: int = 3) -> None:
-    """A few AdamW steps of the symmetric contrastive loss at temperature 0.07."""
-    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2)
-    backbone.train()
-    labels = torch.arange(len(images))
-    for _ in range(steps):
-        logits = backbone.encode_image(images) @ backbone.encode_text(tokens).T / 0.07
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    backbone.eval()
 
 
 def test_count_parameters() -> None:
@@ -113,12 +98,12 @@ def test_apply_lora_twice_is_an_error(build) -> None:
         apply_lora(backbone, towers=("text",))
 
 
-def test_training_changes_only_the_adapters(build, images, captions) -> None:
+def test_training_changes_only_the_adapters(train_steps, build, images, captions) -> None:
     reference, backbone = build(), build()
     apply_lora(backbone, towers=("image",), dropout=0.0)
     before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
     x, tokens = images(reference), reference.tokenize(captions)
-    _train_steps(backbone, x, tokens)
+    train_steps(backbone, x, tokens)
     after = dict(backbone.model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == set(_lora_names(backbone))  # lora_A and lora_B of every adapted projection
@@ -127,11 +112,11 @@ def test_training_changes_only_the_adapters(build, images, captions) -> None:
         assert not torch.allclose(backbone.encode_image(x), reference.encode_image(x), atol=1e-4)
 
 
-def test_merge_gives_a_plain_open_clip_model_with_the_same_features(build, images, captions) -> None:
+def test_merge_gives_a_plain_open_clip_model_with_the_same_features(train_steps, build, images, captions) -> None:
     backbone = build()
     apply_lora(backbone, towers=("image", "text"), dropout=0.0)
     x, tokens = images(backbone), backbone.tokenize(captions)
-    _train_steps(backbone, x, tokens)
+    train_steps(backbone, x, tokens)
     with torch.no_grad():
         tuned = backbone.encode_image(x), backbone.encode_text(tokens)
     merge_lora(backbone)
