@@ -13,7 +13,6 @@ cir-tiny with saved random-init weights, 2 loader workers, no feature cache.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -22,10 +21,8 @@ SWEEP = [round(0.1 * i, 1) for i in range(11)]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     common.pin_threads(args.threads)
     info = common.header("Evaluation: alpha sweep vs single alpha; encoding vs a plain loop", args.threads)

@@ -13,7 +13,6 @@ generated CIRR-layout val split with --eval-model (the evaluation CLI's float32)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -113,7 +112,7 @@ def encode_figures(model: str, args, accelerator: str, device: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__, threads=4)
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after --warmup)")
@@ -123,9 +122,7 @@ def main() -> int:
     parser.add_argument("--eval-batch-size", type=int, default=256)
     parser.add_argument("--eval-queries", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--smoke", action="store_true", help="cir-tiny on CPU with a few steps: checks the script, measures nothing")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.smoke:
         args.models, args.eval_model, args.batch_size, args.eval_batch_size = ["cir-tiny"], "cir-tiny", 16, 64

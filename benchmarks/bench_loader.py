@@ -14,7 +14,6 @@ to show where a worker's time goes, and the tar parsing cost of embedded shards 
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 
@@ -83,14 +82,12 @@ def stage_shares(urls: list[str], key: str, backbone, repeats: int = 3) -> dict[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--baseline", help="git revision whose cir/data/shards.py to measure side by side")
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     common.pin_threads(args.threads)
     info = common.header("Shard loader (2 workers) vs TAT step consumption", args.threads)

@@ -11,8 +11,6 @@ parameter. Needs about 4 x the model's float32 size in RAM (7 GB for ViT-L-14).
 
 from __future__ import annotations
 
-import argparse
-
 import common
 
 
@@ -35,10 +33,8 @@ def adamw_state(module) -> tuple[int, int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__)
     parser.add_argument("--model", default="ViT-L-14")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     common.pin_threads(args.threads)
     info = common.header(f"Training memory: TAT vs full fine-tuning, {args.model} random init", args.threads)

@@ -167,14 +167,12 @@ def compare(results: Path, a: str, b: str, starts: list[int]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--gallery", type=int, default=1_000_000)
     parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--baseline", help="git revision whose cir/retrieval.py to measure too")
     parser.add_argument("--baseline-queries", type=int, default=1000)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--child", choices=["ours", "faiss"], help=argparse.SUPPRESS)
     parser.add_argument("--rev", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)

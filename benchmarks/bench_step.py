@@ -14,7 +14,6 @@ so today it is a null comparison: the same work under another name, which shows 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common
@@ -37,13 +36,11 @@ def gated_logging_module(cfg):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     common.pin_threads(args.threads)
     info = common.header("TAT step: Lightning vs bare PyTorch loop", args.threads)

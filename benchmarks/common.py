@@ -9,6 +9,7 @@ reused across runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -23,6 +24,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(os.environ.get("CIR_BENCH_DIR", REPO / "outputs" / "bench"))
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def arguments(doc: str | None, threads: int = 1) -> argparse.ArgumentParser:
+    """A benchmark's command line with the options every one takes: --threads and --json."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    return parser
 
 
 def pin_threads(threads: int) -> None:
