@@ -7,7 +7,7 @@ cir-tiny with saved random-init weights, 2 loader workers, no feature cache.
   sweep / single   cir.evaluate's prepare + encode + score, with eval.alphas = 0.0..1.0 (11) vs [0.9];
                    also the whole `cir.evaluate` command (files, plot, TensorBoard) and
                    the scoring alone on fixed features (11 alphas vs 1)
-  encode / plain   cir.evaluate.encode (Lightning validate over the evaluator's loaders) vs a
+  encode / plain   cir.eval.run.encode (Lightning validate over the evaluator's loaders) vs a
                    plain inference loop over the same loaders and model filling the same tables
 """
 
@@ -31,8 +31,9 @@ def main() -> int:
 
     from cir import evaluate
     from cir.config import load_config
-    from cir.evaluation import BenchmarkEvaluator
-    from cir.features import Features
+    from cir.eval import run
+    from cir.eval.evaluator import BenchmarkEvaluator
+    from cir.eval.features import Features
     from cir.schema import EvaluateConfig
 
     weights = common.saved_backbone("cir-tiny")
@@ -48,8 +49,8 @@ def main() -> int:
     def evaluation(alphas: list[float]):
         def run() -> float:
             began = time.perf_counter()
-            backbone, evaluator, trainer_kwargs, _ = evaluate.prepare(load_config(EvaluateConfig, None, overrides(alphas)))
-            evaluate.encode(evaluator, backbone, trainer_kwargs)
+            backbone, evaluator, trainer_kwargs, _ = run.prepare(load_config(EvaluateConfig, None, overrides(alphas)))
+            run.encode(evaluator, backbone, trainer_kwargs)
             evaluator.score(backbone.device)
             return time.perf_counter() - began
         return run
@@ -61,8 +62,8 @@ def main() -> int:
             return time.perf_counter() - began
         return run
 
-    backbone, evaluator, trainer_kwargs, _ = evaluate.prepare(load_config(EvaluateConfig, None, overrides(SWEEP)))
-    evaluate.encode(evaluator, backbone, trainer_kwargs)
+    backbone, evaluator, trainer_kwargs, _ = run.prepare(load_config(EvaluateConfig, None, overrides(SWEEP)))
+    run.encode(evaluator, backbone, trainer_kwargs)
     bench, index, feats = evaluator.features()[0]
     items = len(index.image_ids) + len(index.texts)
 
@@ -78,7 +79,7 @@ def main() -> int:
     def ours_encode() -> float:
         fresh = BenchmarkEvaluator([bench], ["slerp"], [0.9], batch_size=64, num_workers=2)
         began = time.perf_counter()
-        evaluate.encode(fresh, backbone, trainer_kwargs)
+        run.encode(fresh, backbone, trainer_kwargs)
         return items / (time.perf_counter() - began)
 
     def plain_encode() -> float:
@@ -108,7 +109,7 @@ def main() -> int:
         "whole cir.evaluate command, 11 alphas / 1 alpha (median)": common.median_ratio(results["command_sweep"], results["command_single"]),
         "scoring alone on fixed features, 11 alphas / 1 alpha (median)": common.median_ratio(results["scoring_sweep"], results["scoring_single"]),
         "scoring of one alpha / whole single-alpha evaluation (median)": common.median_ratio(results["scoring_single"], results["evaluation_single"]),
-        "encoding items/s, cir.evaluate.encode / plain loop (median)": encode_ratio,
+        "encoding items/s, cir.eval.run.encode / plain loop (median)": encode_ratio,
         "queries, gallery images, distinct captions": f"{len(bench.queries)}, {index.n_gallery}, {len(index.texts)}",
         "rounds": args.rounds,
     }

@@ -7,7 +7,7 @@ TAT (LoRA r16 on the image tower, frozen text tower), random init, bf16-mixed,
 in-memory batches of random 224 px images with tokenised captions or with
 cached caption embeddings: cir.fit's Trainer vs the bare loop (same step),
 alternating, median ratio; samples/s and torch.cuda.max_memory_allocated of the
-Trainer runs. Evaluation: cir.evaluate.encode vs a plain inference loop on the
+Trainer runs. Evaluation: cir.eval.run.encode vs a plain inference loop on the
 generated CIRR-layout val split with --eval-model (the evaluation CLI's float32).
 """
 
@@ -72,9 +72,9 @@ def tat_figures(model: str, args, accelerator: str, device: str) -> dict:
 def encode_figures(model: str, args, accelerator: str, device: str) -> dict:
     import torch
 
-    from cir import evaluate
     from cir.data.benchmarks import load_benchmarks
-    from cir.evaluation import BenchmarkEvaluator
+    from cir.eval import run
+    from cir.eval.evaluator import BenchmarkEvaluator
     from cir.models import create_backbone
 
     root = common.synth_data(4000, queries=args.eval_queries) / "cirr"
@@ -90,7 +90,7 @@ def encode_figures(model: str, args, accelerator: str, device: str) -> dict:
     def ours() -> float:
         evaluator = fresh()
         began = time.perf_counter()
-        evaluate.encode(evaluator, backbone, trainer_kwargs)
+        run.encode(evaluator, backbone, trainer_kwargs)
         return items / (time.perf_counter() - began)
 
     def plain() -> float:
@@ -107,8 +107,8 @@ def encode_figures(model: str, args, accelerator: str, device: str) -> dict:
 
     results = common.interleaved({"encode_ours": ours, "encode_plain": plain}, args.rounds)
     prefix = f"{model} evaluation encoding (float32, batch {args.eval_batch_size}, {args.workers} workers)"
-    return {f"{prefix}: items/s (cir.evaluate.encode, median)": statistics.median(results["encode_ours"]),
-            f"{prefix}: cir.evaluate.encode / plain loop (median)": common.median_ratio(results["encode_ours"], results["encode_plain"])}
+    return {f"{prefix}: items/s (cir.eval.run.encode, median)": statistics.median(results["encode_ours"]),
+            f"{prefix}: cir.eval.run.encode / plain loop (median)": common.median_ratio(results["encode_ours"], results["encode_plain"])}
 
 
 def main() -> int:

@@ -55,8 +55,8 @@ def stage_shares(urls: list[str], key: str, backbone, repeats: int = 3) -> dict[
 
     import webdataset as wds
 
-    from cir.data.benchmark import load_rgb
-    from cir.data.shards import NpyReader
+    from cir.data.images import load_rgb
+    from cir.data.samples import NpyReader
 
     samples = list(wds.DataPipeline(wds.SimpleShardList(urls[:1]), wds.tarfile_to_samples()))
     images = [load_rgb(io.BytesIO(s["png"])) for s in samples]

@@ -9,6 +9,7 @@ dinov2-style: small override files on top of shared defaults.
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,13 +75,17 @@ def load_config(
     path: str | Path | None,
     overrides: Sequence[str] = (),
     free_form: Sequence[str] = ("trainer", "model.aug_cfg"),
+    raw: DictConfig | None = None,
 ) -> DictConfig:
-    """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked."""
+    """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked.
+
+    `raw`: the file as `read_yaml(path)` gave it, for a caller that has read it already.
+    """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
     open_nodes(cfg, free_form)
     if path is not None:
-        cfg = _merge(cfg, read_yaml(Path(path)), str(path))
+        cfg = _merge(cfg, raw if raw is not None else read_yaml(Path(path)), str(path))
         open_nodes(cfg, free_form)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -118,6 +123,7 @@ def to_yaml(cfg: DictConfig | ListConfig) -> str:
 
 def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
     """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]

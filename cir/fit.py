@@ -5,184 +5,39 @@ resumes from <output_dir>/checkpoints/last.ckpt. The run folder gets the
 resolved config, TensorBoard logs, checkpoints, run.json (what made the run)
 and the merged export: export.pt (a plain open_clip checkpoint) or, for a BLIP
 backbone, an export/ folder that transformers' from_pretrained loads.
+A multi-stage config (`task: demo`) runs its own pipeline instead.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import (
-    LearningRateMonitor,
-    ModelCheckpoint,
-    ThroughputMonitor,
-)
-from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
 
-from cir.atomic import atomic_write_text
-from cir.config import (
-    ConfigError,
-    check_kwargs,
-    load_config,
-    read_yaml,
-    require,
-    run_cli,
-    to_yaml,
-)
-from cir.evaluate import benchmark_splits
-from cir.evaluation import BenchmarkEvaluator
-from cir.models import export_backbone
-from cir.models.backbone import AUGMENTATION_FIELDS
-from cir.preemption import GracefulInterruption
-from cir.reporting import write_json
-from cir.schema import PAPER_ALPHA, FitConfig
-from cir.slerp import METHODS
-from cir.tasks.base import ContrastiveTask
-from cir.tasks.tat import LORA_TOWERS
+from cir.config import load_config, read_yaml, run_cli
+from cir.schema import FitConfig
+from cir.training import train
 
-log = logging.getLogger(__name__)
-
-
-def check_fit_config(cfg: DictConfig) -> None:
-    """Impossible values fail before any model is built or shard opened."""
-    require(cfg.task in TASKS, "task", f"one of {sorted(TASKS)}", cfg.task)
-    require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
-    lora = cfg.model.lora
-    require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
-    require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
-    require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
-    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
-            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
-    require(cfg.data.batch_size is None or cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch",
-            cfg.data.batch_size)
-    require(cfg.data.batch_size is not None or cfg.data.global_batch_size is not None, "data.batch_size",
-            "a per-device batch, or data.global_batch_size to derive it from", None)
-    require(cfg.data.global_batch_size is None or cfg.data.global_batch_size > 0, "data.global_batch_size",
-            "a positive batch over all devices", cfg.data.global_batch_size)
-    require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
-    require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
-    require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
-    require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "0 or more", cfg.optim.warmup_steps)
-    require(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps", "a positive step count", cfg.checkpoint.every_n_steps)
-    if cfg.data.resampled or cfg.data.samples_per_epoch is not None:
-        require(cfg.data.resampled and (cfg.data.samples_per_epoch or 0) > 0, "data.samples_per_epoch",
-                "a positive count together with data.resampled=true", cfg.data.samples_per_epoch)
-    if cfg.data.text_embeddings:
-        require(cfg.task == "tat" and cfg.model.anchor == "text", "data.text_embeddings",
-                "unset unless task=tat with model.anchor=text (cached captions need a frozen text tower)", cfg.data.text_embeddings)
-    for i, bench in enumerate(cfg.eval.benchmarks):
-        require(bench.name in PAPER_ALPHA, f"eval.benchmarks[{i}].name", f"one of {sorted(PAPER_ALPHA)}", bench.name)
-    for i, alpha in enumerate(cfg.eval.alphas):
-        require(0.0 <= alpha <= 1.0, f"eval.alphas[{i}]", "a value in [0, 1]", alpha)
-    for i, method in enumerate(cfg.eval.methods):
-        require(method in METHODS, f"eval.methods[{i}]", f"one of {list(METHODS)}", method)
-
-
-# Each task module provides `build(cfg) -> (LightningModule, LightningDataModule)`.
-TASKS = {
-    "tat": "cir.tasks.tat",
-    "supervised": "cir.tasks.supervised",
-    "pretrain": "cir.tasks.pretrain",
-}
-
-
-# Multi-stage runs (a config with `task: demo`) have their own schema and runner module.
+# Multi-stage runs (a config with `task: demo`) have their own schema and runner; looked up by name, as tasks are.
 PIPELINES = {"demo": "cir.demo"}
-
-
-def resolve_batch_size(cfg: DictConfig, trainer: L.Trainer) -> None:
-    """Split data.global_batch_size (the figure papers give) over processes and accumulated batches, evenly or not at all."""
-    total = cfg.data.global_batch_size
-    if total is None:
-        return
-    share = trainer.world_size * trainer.accumulate_grad_batches
-    require(total % share == 0, "data.global_batch_size",
-            f"a multiple of {trainer.world_size} process(es) x {trainer.accumulate_grad_batches} accumulated batch(es) "
-            f"= {share} (trainer.num_nodes x trainer.devices x trainer.accumulate_grad_batches)", total)
-    if cfg.data.batch_size is not None and cfg.data.batch_size != total // share:
-        raise ConfigError(
-            f"config key `data.batch_size`: {cfg.data.batch_size} per device disagrees with data.global_batch_size={total} "
-            f"over {share} process(es) x accumulation ({total // share} each); set data.batch_size=null to derive it"
-        )
-    cfg.data.batch_size = total // share
-
-
-def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]:
-    return importlib.import_module(TASKS[cfg.task]).build(cfg)
-
-
-def periodic_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
-    """Zero-shot evaluation as validation (no feature cache: the weights change every step)."""
-    if not cfg.eval.benchmarks:
-        return None
-    benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg)]
-    alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
-    return BenchmarkEvaluator(benches, list(cfg.eval.methods), alphas, None, cfg.eval.batch_size, cfg.eval.num_workers)
-
-
-def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
-    return [
-        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
-                        save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
-        LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0]),
-        GracefulInterruption(out / "checkpoints" / "last.ckpt"),
-    ]
-
-
-def resume_path(out: Path) -> str | None:
-    """The newest of checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints (<out>/hpc_ckpt_N.ckpt).
-
-    Lightning writes an hpc checkpoint if SIGUSR1 comes before GracefulInterruption takes
-    over the handlers, and would load it by itself only under SLURM and without a path
-    given; choosing here resumes from the latest state either way.
-    """
-    found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
 
 
 def main(path: str | None, overrides: list[str]) -> Path:
     """usage: python -m cir.fit CONFIG [key=value ...] [--debug]"""
-    if path is not None and read_yaml(Path(path)).get("task") in PIPELINES:
-        return importlib.import_module(PIPELINES[read_yaml(Path(path)).task]).main(path, overrides)
-    cfg = load_config(FitConfig, path, overrides)
-    check_fit_config(cfg)
-    trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
-    evaluator = periodic_evaluator(cfg)
+    raw = read_yaml(Path(path)) if path is not None else None
+    if raw is not None and raw.get("task") in PIPELINES:
+        return importlib.import_module(PIPELINES[raw.task]).main(path, overrides, raw=raw)
+    cfg = load_config(FitConfig, path, overrides, raw=raw)
+    record = train(cfg)
     out = Path(cfg.output_dir)
-    logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
-                        num_sanity_val_steps=0, **trainer_kwargs)
-    resolve_batch_size(cfg, trainer)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module, data = build_task(cfg)
-    module.attach_evaluator(evaluator)
-    data.attach_evaluation(evaluator, module.backbone)
-    if trainer.is_global_zero:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg))
-    ckpt = resume_path(out)
-    if ckpt:
-        log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
-    samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
-    if trainer.is_global_zero:
-        export = export_backbone(module.backbone, out)
-        record = module.record()
-        record["samples_seen"] = samples
-        record["export"] = str(export)
-        # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu.
-        record["export_model_name"] = module.backbone.name
-        write_json(out / "run.json", record)
-        print(f"export: {export} (load with model.name={module.backbone.name} model.pretrained={export})")
+    if record is not None:
+        export, name = record["export"], record["export_model_name"]
+        print(f"export: {export} (load with model.name={name} model.pretrained={export})")
         print(f"run record: {out / 'run.json'}\ntensorboard: tensorboard --logdir {out}")
     return out
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_float32_matmul_precision("high")
     run_cli(main)

@@ -7,15 +7,16 @@ too, to check the pipeline with the official evaluator.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from cir.config import ConfigError, load_config, require, run_cli
-from cir.evaluate import _is_global_zero, encode, paper_alpha, prepare
+from cir.distributed import is_global_zero
+from cir.eval.run import encode, prepare
+from cir.eval.scoring import ranked_ids, ranked_subset_ids
+from cir.eval.splits import paper_alpha
+from cir.eval.submission import CIRCO_K, CIRR_RECALL_K, write_submission
 from cir.schema import EvaluateConfig
-from cir.scoring import ranked_ids, ranked_subset_ids
 from cir.slerp import METHODS
-from cir.submission import CIRCO_K, CIRR_RECALL_K, write_submission
 
 TEST_SPLIT = {"cirr": "test1", "circo": "test"}
 
@@ -34,7 +35,7 @@ def main(path: str | None, overrides: list[str]) -> list[Path]:
     backbone, evaluator, trainer_kwargs, _ = prepare(cfg, split)
     encode(evaluator, backbone, trainer_kwargs)
     written: list[Path] = []
-    if not _is_global_zero():
+    if not is_global_zero():
         return written
     k = CIRR_RECALL_K if cfg.data.name == "cirr" else CIRCO_K
     method_alpha = alpha if cfg.submit.method == "slerp" else None
@@ -48,5 +49,4 @@ def main(path: str | None, overrides: list[str]) -> list[Path]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_cli(main)

@@ -15,7 +15,8 @@ import torch
 from cir import evaluate
 from cir.config import run_cli
 from cir.data.benchmarks import load_benchmarks
-from cir.features import EvalIndex
+from cir.eval import run as eval_run
+from cir.eval.features import EvalIndex
 from cir.models import Backbone
 
 KEY = re.compile(r"^(cirr|circo|fashioniq_(dress|shirt|toptee|avg))/(val|test1?|train)/(image|text|sum|slerp_a[01]\.\d+)/"
@@ -100,13 +101,13 @@ def test_metrics_equal_numpy_over_the_whole_split_gallery(cirr_root, tmp_path):
 
 def test_image_only_never_returns_the_reference(cirr_root, tmp_path):
     # with the reference in the gallery, image-only retrieval would rank it first (cosine 1)
-    from cir.scoring import ranked_ids
+    from cir.eval.scoring import ranked_ids
 
     cfg = evaluate.load_config(evaluate.EvaluateConfig, None, [
         "model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}", "eval.cache_dir=null",
         "data.num_workers=0", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
-    backbone, evaluator, trainer_kwargs, _ = evaluate.prepare(cfg)
-    evaluate.encode(evaluator, backbone, trainer_kwargs)
+    backbone, evaluator, trainer_kwargs, _ = eval_run.prepare(cfg)
+    eval_run.encode(evaluator, backbone, trainer_kwargs)
     (bench, index, feats), = evaluator.features()
     top = ranked_ids(index, feats, "image", None, 5)
     refs = index.exclude

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir.data.benchmark import CIRBenchmark, CIRQuery
-from cir.features import EvalIndex, Features
+from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
+from cir.eval.features import EvalIndex, Features
+from cir.eval.scoring import score_fusion, score_methods
 from cir.fusion import Combiner, SlerpFusion, build_fusion
-from cir.scoring import score_fusion, score_methods
 from cir.slerp import slerp
 
 E1 = torch.tensor([[1.0, 0.0, 0.0]])

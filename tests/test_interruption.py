@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 
-from cir import fit
+from cir import fit, training
 from cir.config import run_cli
 from cir.preemption import slurm_job_id
 from cir.tasks.base import NonFiniteLossError, warmup_cosine
@@ -114,12 +114,12 @@ class SignalAt(L.Callback):
 
 
 def run_with(monkeypatch, out: Path, shards: str, *extra: L.Callback, overrides: tuple[str, ...] = ()) -> Path:
-    original = fit.callbacks
-    monkeypatch.setattr(fit, "callbacks", lambda cfg, o: [*original(cfg, o), *extra])
+    original = training.callbacks
+    monkeypatch.setattr(training, "callbacks", lambda cfg, o: [*original(cfg, o), *extra])
     try:
         return fit.main(None, [*fit_args(out, shards), *overrides])
     finally:
-        monkeypatch.setattr(fit, "callbacks", original)
+        monkeypatch.setattr(training, "callbacks", original)
 
 
 def test_sigint_finishes_the_step_saves_and_exits_130_then_resumes(image_text_shards, tmp_path, monkeypatch):
@@ -216,12 +216,12 @@ def touch(path: Path, mtime_s: int) -> Path:
 
 def test_resume_path_is_the_newest_of_last_and_lightning_hpc_checkpoints(tmp_path):
     out = tmp_path / "run"
-    assert fit.resume_path(out) is None
+    assert training.resume_path(out) is None
     last = touch(out / "checkpoints" / "last.ckpt", 2000)
-    assert fit.resume_path(out) == str(last)
+    assert training.resume_path(out) == str(last)
     touch(out / "hpc_ckpt_1.ckpt", 1000)
-    assert fit.resume_path(out) == str(last)
+    assert training.resume_path(out) == str(last)
     newest = touch(out / "hpc_ckpt_2.ckpt", 3000)
-    assert fit.resume_path(out) == str(newest)
+    assert training.resume_path(out) == str(newest)
     touch(out / "checkpoints" / "step0000010.ckpt", 4000)  # periodic files never win over last.ckpt's lineage
-    assert fit.resume_path(out) == str(newest)
+    assert training.resume_path(out) == str(newest)

@@ -11,7 +11,7 @@ import torch
 from cir import submit
 from cir.config import run_cli
 from cir.data.benchmarks import load_benchmarks
-from cir.submission import (
+from cir.eval.submission import (
     SubmissionError,
     circo_file,
     cirr_files,

@@ -15,8 +15,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cir.data.benchmark import CIRBenchmark, load_rgb
 from cir.data.benchmarks import load_benchmarks
+from cir.data.benchmarks.base import CIRBenchmark
+from cir.data.images import load_rgb
 from cir.data.validation import ZeroShotValidationData
 
 _SHOWN_MISSING = 5

@@ -1,26 +1,25 @@
-"""Zero-shot evaluation loaders for a training DataModule: periodic validation during fit."""
+"""Validation loaders for a training DataModule: periodic zero-shot evaluation during fit."""
 
 from __future__ import annotations
 
-from torch.utils.data import DataLoader
+from collections.abc import Callable
 
-from cir.evaluation import BenchmarkEvaluator
-from cir.models import Backbone
+from torch.utils.data import DataLoader
 
 
 class ZeroShotValidationData:
-    """Mixin for a LightningDataModule: its validation loaders are the evaluator's encoding loaders.
+    """Mixin for a LightningDataModule: its validation loaders are the ones a given function makes.
 
     Lightning reads validation loaders from the DataModule once one is given, so
     the DataModule (which owns all data) hands them out; the task only encodes.
+    The function (the evaluator's `dataloaders`, bound to the backbone) is called
+    at every validation, so it can re-check its cache; data/ needs nothing from eval/.
     """
 
-    evaluator: BenchmarkEvaluator | None = None
-    eval_backbone: Backbone | None = None
+    make_val_loaders: Callable[[], list[DataLoader]] | None = None
 
-    def attach_evaluation(self, evaluator: BenchmarkEvaluator | None, backbone: Backbone) -> None:
-        self.evaluator = evaluator
-        self.eval_backbone = backbone
+    def attach_validation(self, make_loaders: Callable[[], list[DataLoader]] | None) -> None:
+        self.make_val_loaders = make_loaders
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self.evaluator.dataloaders(self.eval_backbone) if self.evaluator is not None else []
+        return self.make_val_loaders() if self.make_val_loaders is not None else []

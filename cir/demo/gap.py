@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cir.data.benchmark import load_rgb
 from cir.data.benchmarks import load_benchmarks
+from cir.data.images import load_rgb
 from cir.data.synth.captions import pretrain_caption
 from cir.data.synth.scenes import Scene
 from cir.modality_gap import modality_gap

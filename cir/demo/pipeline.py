@@ -17,8 +17,8 @@ from cir.demo.gap import held_out_pairs, measure_gap
 from cir.demo.report import ModelRun, write_report
 from cir.demo.schema import STAGE_SECTIONS, DemoConfig
 from cir.demo.stages import CliCall, Stage, SynthStage, flatten_overrides, run_stages
+from cir.io import write_json
 from cir.models import create_backbone
-from cir.reporting import write_json
 
 EXPORT = "export.pt"
 GAP_FILE = "gap.json"
@@ -107,8 +107,8 @@ def build_plan(cfg: DictConfig, config_dir: Path, shards: Callable[[str], str]) 
     return stages, models
 
 
-def load_demo_config(path: str | Path, overrides: list[str]) -> DictConfig:
-    cfg = load_config(DemoConfig, path, overrides, free_form=STAGE_SECTIONS)
+def load_demo_config(path: str | Path, overrides: list[str], raw: DictConfig | None = None) -> DictConfig:
+    cfg = load_config(DemoConfig, path, overrides, free_form=STAGE_SECTIONS, raw=raw)
     require(cfg.task == "demo", "task", "demo", cfg.task)
     try:
         SynthSizes(**cfg.synth)
@@ -132,10 +132,10 @@ def quiet_logs() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def main(path: str, overrides: list[str], echo: Callable[[str], None] = print) -> Path:
+def main(path: str, overrides: list[str], echo: Callable[[str], None] = print, raw: DictConfig | None = None) -> Path:
     """usage: python -m cir.fit experiments/demo.yaml [key=value ...]"""
     start = time.perf_counter()
-    cfg = load_demo_config(path, overrides)
+    cfg = load_demo_config(path, overrides, raw)
     config_dir = Path(path).resolve().parent
     where = Layout(Path(cfg.output_dir))
     synth = SynthStage(where.synth, cfg.demo.seed, dict(cfg.synth), progress=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from cir.reporting import atomic_write_text, sweep_figure
+from cir.eval.report import sweep_figure
+from cir.io import atomic_write_text
 from cir.slerp import method_key, parse_method_key
 
 COLUMNS = ("R@1", "R@5", "R@10", "Rsub@1")

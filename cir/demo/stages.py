@@ -27,7 +27,9 @@ from cir import evaluate, fit
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
 from cir.data.synth import SynthSizes, generate
 from cir.data.synth.writer import FORMAT_VERSION, MARKER
+from cir.eval.run import check_eval_config
 from cir.schema import EvaluateConfig, FitConfig
+from cir.training import check_fit_config
 
 CONFIG_FILE = "config.yaml"  # both CLIs write their resolved config here
 STDOUT_LOG = "stdout.log"
@@ -51,10 +53,10 @@ class CliCall:
         """The config the CLI will run with, validated the way the CLI validates it."""
         if self.cli == "fit":
             cfg = load_config(FitConfig, self.config, self.overrides)
-            fit.check_fit_config(cfg)
+            check_fit_config(cfg)
         else:
             cfg = load_config(EvaluateConfig, self.config, self.overrides)
-            evaluate.check_eval_config(cfg)
+            check_eval_config(cfg)
         check_kwargs(cfg.trainer, L.Trainer, "trainer")
         return cfg
 

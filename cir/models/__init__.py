@@ -9,13 +9,7 @@ from pathlib import Path
 import open_clip
 
 from cir.models.attention import SplitAttention, fuse_attention, split_attention
-from cir.models.backbone import (
-    Backbone,
-    create_backbone,
-    register_model_config,
-    train_transform,
-    weights_fingerprint,
-)
+from cir.models.backbone import Backbone, train_transform, weights_fingerprint
 from cir.models.blip import BlipBackbone, create_blip_backbone
 from cir.models.export import (
     export_backbone,
@@ -23,6 +17,7 @@ from cir.models.export import (
     export_pretrained,
     merged_state_dict,
 )
+from cir.models.factory import create_backbone, register_model_config
 from cir.models.lora import apply_lora, count_parameters, has_lora, merge_lora
 from cir.models.towers import TOWERS, tower_parameter_names, tower_roots
 

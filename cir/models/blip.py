@@ -35,7 +35,7 @@ from transformers import (
 from transformers.image_utils import PILImageResampling
 from transformers.models.blip.modeling_blip import BlipAttention
 
-from cir.models.backbone import NO_WEIGHTS, Backbone, _is_path_like
+from cir.models.backbone import Backbone, is_path_like, wants_no_weights
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +273,12 @@ def create_blip_backbone(
 
 
 def _resolve_weights(name: str, pretrained: str | None) -> str | None:
-    if pretrained is None or str(pretrained).strip().lower() in NO_WEIGHTS:
+    if wants_no_weights(pretrained):
         return None
     pretrained = str(pretrained)
     if os.path.exists(pretrained):
         return pretrained
-    if _is_path_like(pretrained):
+    if is_path_like(pretrained):
         raise FileNotFoundError(f"pretrained weights not found: {pretrained}")
     raise ValueError(
         f"model {name!r} (Hugging Face BLIP) brings its own weights: pass pretrained='none', or a local weights "

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cir.config import ConfigError
-from cir.evaluation import BenchmarkEvaluator
+from cir.eval.evaluator import BenchmarkEvaluator
 from cir.models import Backbone, train_transform
 from cir.provenance import run_record
 

@@ -14,14 +14,10 @@ import torchvision.transforms as T
 import webdataset as wds
 from PIL import Image
 
-from cir.data import shards
-from cir.data.shards import (
-    SKIP_REASONS,
-    batches_per_rank,
-    epoch_share,
-    image_text_loader,
-    image_text_pipeline,
-)
+from cir.data import samples
+from cir.data.epochs import batches_per_rank, epoch_share
+from cir.data.samples import NpyReader
+from cir.data.shards import SKIP_REASONS, image_text_loader, image_text_pipeline
 
 FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"))
 TRANSFORM = T.Compose([T.Resize((8, 8)), T.ToTensor()])
@@ -210,7 +206,7 @@ def test_resume_passes_over_the_trained_batches_bad_samples_and_all(tmp_path, re
 
 
 def test_a_long_run_of_skips_raises(tmp_path, monkeypatch):
-    monkeypatch.setattr(shards, "MAX_CONSECUTIVE_SKIPS", 3)
+    monkeypatch.setattr(samples, "MAX_CONSECUTIVE_SKIPS", 3)
     url = write(tmp_path / "x.tar", [{"__key__": f"{i:06d}", "txt": "1"} for i in range(5)])
     with pytest.raises(RuntimeError, match="consecutive"):
         list(image_text_pipeline(url, image_transform=TRANSFORM, tokenize=tokenize, batch_size=2))
@@ -237,7 +233,7 @@ def npy(array: np.ndarray) -> bytes:
 
 
 def test_npy_reader_equals_np_load():
-    reader = shards.NpyReader()
+    reader = NpyReader()
     rng = np.random.default_rng(0)
     cases = [
         rng.standard_normal(8).astype(np.float32),

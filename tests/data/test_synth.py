@@ -376,7 +376,7 @@ def test_oracles_only_composition_finds_the_target(out):
 
 
 def test_round_trip_through_the_cirr_loader(out):
-    from cir.data.cirr import load_cirr
+    from cir.data.benchmarks.cirr import load_cirr
 
     attributes = _read(out / "cirr" / "attributes.json")
     for split in SPLITS:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from cir.models import create_backbone, tower_parameter_names, train_transform
-from cir.models.backbone import _resolve_pretrained
+from cir.models.factory import _resolve_pretrained
 
 
 def test_tiny_backbone_interface(build, images, captions) -> None:

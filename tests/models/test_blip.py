@@ -266,7 +266,7 @@ def test_bad_blip_sources_and_weights(blip_dir, tmp_path) -> None:
 def test_evaluate_cli_encodes_cirr_with_blip(blip_dir, cirr_root, tmp_path) -> None:
     from cir import evaluate
     from cir.data.benchmarks import load_benchmarks
-    from cir.features import EvalIndex
+    from cir.eval.features import EvalIndex
 
     out = tmp_path / "eval"
     evaluate.main(None, [f"model.name={blip_dir}", "model.pretrained=none", f"data.root={cirr_root}",

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from cir import fit
+from cir import fit, training
 from cir.config import load_config, run_cli
 from cir.data.synth import generate, shard_urls
 from cir.data.triplets import TripletDataset, load_triplets
@@ -84,7 +84,7 @@ def run_with_snapshot(monkeypatch, synth: Path, args: list[str]) -> dict:
             seen["fusion"] = {k: v.clone() for k, v in module.fusion.state_dict().items()}
             module.train()
 
-    monkeypatch.setattr(fit, "callbacks", lambda cfg, out, _orig=fit.callbacks: [*_orig(cfg, out), Snap()])
+    monkeypatch.setattr(training, "callbacks", lambda cfg, out, _orig=training.callbacks: [*_orig(cfg, out), Snap()])
     fit.main(None, args)
     return seen
 
@@ -198,7 +198,7 @@ def test_cli_from_the_experiment_configs(experiment, synth, tat_run, fashioniq_r
 def test_experiment_configs_hand_off_one_key(tmp_path):
     for experiment in ("sup_cirr_from_tat.yaml", "sup_fashioniq_from_tat.yaml"):
         cfg = load_config(FitConfig, EXPERIMENTS / experiment)
-        fit.check_fit_config(cfg)
+        training.check_fit_config(cfg)
         supervised.check_supervised_config(cfg)
         assert cfg.task == "supervised" and cfg.init_from == "outputs/tat_vitl/checkpoints/last.ckpt"
         assert cfg.model.name == "ViT-L-14" and cfg.supervised.train.split == "train"

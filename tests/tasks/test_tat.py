@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, Dataset
 
-from cir import fit
+from cir import fit, training
 from cir.config import load_config, run_cli
 from cir.models import create_backbone
 from cir.schema import FitConfig
@@ -71,7 +71,7 @@ def test_only_lora_trains_and_the_anchor_stays_bit_identical(anchor, trained, fr
             before_holder["loss"] = loss_on(module, *fixed_batch(image_text_shards, module.backbone))
             module.train()
 
-    monkeypatch.setattr(fit, "callbacks", lambda cfg, out, _orig=fit.callbacks: [*_orig(cfg, out), Snap()])
+    monkeypatch.setattr(training, "callbacks", lambda cfg, out, _orig=training.callbacks: [*_orig(cfg, out), Snap()])
     run_fit(tmp_path / "run", image_text_shards, f"model.anchor={anchor}", f"trainer.max_steps={steps}")
     module = before_holder["module"]
     before, after = before_holder["state"], snapshot(module.backbone)
@@ -121,12 +121,12 @@ def test_resume_continues_step_count_and_schedule(image_text_shards, tmp_path, m
                 trainer.should_stop = True
 
     args = ("trainer.max_steps=6", "checkpoint.every_n_steps=1")
-    original = fit.callbacks
-    monkeypatch.setattr(fit, "callbacks", lambda cfg, out: [*original(cfg, out), StopAt()])
+    original = training.callbacks
+    monkeypatch.setattr(training, "callbacks", lambda cfg, out: [*original(cfg, out), StopAt()])
     out = run_fit(tmp_path / "run", image_text_shards, *args)
     first = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert first["global_step"] == 3
-    monkeypatch.setattr(fit, "callbacks", original)
+    monkeypatch.setattr(training, "callbacks", original)
     run_fit(tmp_path / "run", image_text_shards, *args)
     final = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 6
@@ -233,7 +233,7 @@ def test_global_batch_that_does_not_split_evenly_is_refused(overrides, message, 
 
 def test_augmentation_settings_reach_the_training_transform(image_text_shards):
     cfg = load_config(FitConfig, None, [*TINY, f"data.train_shards={image_text_shards}", "model.aug_cfg={scale: [1.0, 1.0]}"])
-    module, data = fit.build_task(cfg)
+    module, data = training.build_task(cfg)
     image = torch.rand(3, 40, 40)
     from torchvision.transforms.functional import to_pil_image
 
@@ -244,7 +244,7 @@ def test_augmentation_settings_reach_the_training_transform(image_text_shards):
 def test_global_batch_is_split_over_processes_and_accumulation(tmp_path):
     cfg = load_config(FitConfig, None, [*TINY, "data.batch_size=null", "data.global_batch_size=64"])
     trainer = L.Trainer(accelerator="cpu", devices=1, accumulate_grad_batches=4, logger=False, default_root_dir=str(tmp_path))
-    fit.resolve_batch_size(cfg, trainer)
+    training.resolve_batch_size(cfg, trainer)
     assert cfg.data.batch_size == 16
 
 
@@ -290,14 +290,14 @@ def test_periodic_zero_shot_evaluation_is_logged(image_text_shards, cirr_root, t
         def on_validation_end(self, trainer, module):
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
-    original = fit.callbacks
+    original = training.callbacks
     try:
-        fit.callbacks = lambda cfg, out: [*original(cfg, out), Keep()]
+        training.callbacks = lambda cfg, out: [*original(cfg, out), Keep()]
         run_fit(tmp_path / "run", image_text_shards, "trainer.max_steps=4", "trainer.val_check_interval=2",
                 f"eval.benchmarks=[{{name: cirr, root: {cirr_root}, split: val}}]", "eval.alphas=[0.5]",
                 "eval.num_workers=0")
     finally:
-        fit.callbacks = original
+        training.callbacks = original
     assert {"eval/cirr/val/slerp_a0.5/R@1", "eval/cirr/val/slerp_a0.9/R@1", "eval/cirr/val/image/Rsub@1"} <= set(metrics)
     assert all(0.0 <= v <= 100.0 for k, v in metrics.items() if k.startswith("eval/"))
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cir.data.benchmark import CIRBenchmark, CIRQuery
-from cir.data.benchmarks import (
+from cir.data.benchmarks.annotations import (
     AnnotationError,
     check_choice,
     check_unique,
     entry_field,
     read_json,
 )
+from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 FASHIONIQ_SPLITS = ("train", "val", "test")

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the target's folder, renamed over it only once complete.
+"""File writes that never leave a half-written file. Atomic writes: a temp file in the target's folder, renamed over it only once complete.
 
 A kill mid-write leaves the old file (or none), never a half-written one that a
 later run would trust: feature caches, exports, metrics and submission files all
@@ -7,11 +7,13 @@ go through here.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -32,3 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[str]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")

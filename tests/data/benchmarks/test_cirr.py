@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cir.data.benchmarks import AnnotationError, BenchmarkLayoutError, missing_images
-from cir.data.cirr import load_cirr
+from cir.data.benchmarks.cirr import load_cirr
 
 
 def _read(path: Path):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from cir.data.benchmarks import AnnotationError, BenchmarkLayoutError, missing_images
-from cir.data.fashioniq import join_captions, load_fashioniq
+from cir.data.benchmarks.fashioniq import join_captions, load_fashioniq
 
 CATEGORIES = ["dress", "shirt", "toptee"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cir.atomic import atomic_path, atomic_write_text
+from cir.io import atomic_path, atomic_write_text
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):

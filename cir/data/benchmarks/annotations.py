@@ -1,10 +1,5 @@
-"""Benchmark registry plus the checks every official-layout loader shares.
-
-Evaluation and supervised training pick a benchmark by name through
-`load_benchmarks`; the loaders (cirr, circo, fashioniq) use the helpers here so
-a wrong root, a bad split or a malformed entry is reported the same way
-everywhere: naming the file, the entry and what was expected.
-"""
+"""The checks every official-layout annotation loader shares: a wrong root, a bad split or a malformed entry
+is reported the same way everywhere, naming the file, the entry and what was expected."""
 
 from __future__ import annotations
 
@@ -12,10 +7,6 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-
-from cir.data.benchmark import CIRBenchmark
-
-BENCHMARK_NAMES = ("cirr", "circo", "fashioniq")
 
 
 class BenchmarkLayoutError(FileNotFoundError):
@@ -78,39 +69,6 @@ def check_unique(ids: list[str], path: Path, what: str) -> None:
         if image_id in seen:
             raise AnnotationError(f"{path}: entry {index}: duplicate {what} {image_id!r}")
         seen.add(image_id)
-
-
-def missing_images(benchmark: CIRBenchmark) -> list[str]:
-    """Ids of gallery and reference images with no path or no file, so evaluation can name them before encoding.
-
-    Loaders never stat images (a 123k-image gallery must load in seconds); this does, on demand.
-    """
-    needed = dict.fromkeys(benchmark.gallery)
-    needed.update(dict.fromkeys(query.reference for query in benchmark.queries))
-    paths = benchmark.image_paths
-    return [image_id for image_id in needed if image_id not in paths or not paths[image_id].is_file()]
-
-
-def load_benchmarks(name: str, root: str | Path, split: str, **options: Any) -> list[CIRBenchmark]:
-    """Load a benchmark by name: one CIRBenchmark for CIRR / CIRCO, one per category for FashionIQ.
-
-    Options go to the loader: `image_root` (cirr), `caption_mode` (circo),
-    `categories` (fashioniq: a name or a list; default all three).
-    """
-    # The loaders import the helpers above, so they are imported here, not at module level.
-    from cir.data.circo import load_circo
-    from cir.data.cirr import load_cirr
-    from cir.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
-
-    check_choice(name, BENCHMARK_NAMES, "benchmark")
-    if name == "cirr":
-        return [load_cirr(root, split, **options)]
-    if name == "circo":
-        return [load_circo(root, split, **options)]
-    categories = options.pop("categories", FASHIONIQ_CATEGORIES)
-    if isinstance(categories, str):
-        categories = (categories,)
-    return [load_fashioniq(root, category, split, **options) for category in categories]
 
 
 def _json_kind(kind: type | tuple[type, ...]) -> str:

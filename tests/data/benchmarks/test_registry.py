@@ -6,16 +6,15 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from cir.data.benchmark import CIRBenchmark, CIRQuery, ImageDataset
 from cir.data.benchmarks import (
     BENCHMARK_NAMES,
     AnnotationError,
-    check_unique,
-    entry_field,
     load_benchmarks,
     missing_images,
-    read_json,
 )
+from cir.data.benchmarks.annotations import check_unique, entry_field, read_json
+from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
+from cir.data.images import ImageDataset
 
 
 def test_fashioniq_gives_one_benchmark_per_category(fashioniq_root):

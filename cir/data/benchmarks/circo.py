@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cir.data.benchmark import CIRBenchmark, CIRQuery
-from cir.data.benchmarks import (
+from cir.data.benchmarks.annotations import (
     AnnotationError,
     check_choice,
     check_unique,
     entry_field,
     read_json,
 )
+from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
 
 CIRCO_SPLITS = ("val", "test")
 CIRCO_CAPTION_MODES = ("relative", "with_concept")

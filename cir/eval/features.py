@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.utilities.distributed import gather_all_tensors
 
-from cir.atomic import atomic_path
-from cir.data.benchmark import CIRBenchmark, ImageDataset
+from cir.data.benchmarks.base import CIRBenchmark
+from cir.data.images import ImageDataset
+from cir.distributed import gather_cat
+from cir.io import atomic_path
 
 CACHE_FORMAT = 1
 
@@ -134,9 +134,7 @@ class FeatureCollector:
         rows = torch.cat([r for r, _ in parts]) if parts else torch.empty(0, dtype=torch.long, device=device)
         feats = torch.cat([f.float() for _, f in parts]) if parts else torch.empty(0, dim, device=device)
         rows, feats = rows.to(device), feats.to(device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            rows = torch.cat(gather_all_tensors(rows))
-            feats = torch.cat(gather_all_tensors(feats))
+        rows, feats = gather_cat(rows), gather_cat(feats)
         table = torch.full((self.sizes[name], dim), float("nan"), device=device)
         table[rows] = feats
         if torch.isnan(table).any():

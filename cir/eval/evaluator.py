@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
-from cir.data.benchmark import CIRBenchmark
-from cir.features import (
+from cir.data.benchmarks.base import CIRBenchmark
+from cir.distributed import is_global_zero
+from cir.eval.features import (
     EvalIndex,
     FeatureCache,
     FeatureCollector,
@@ -23,8 +23,8 @@ from cir.features import (
     cache_key,
     encoding_loaders,
 )
+from cir.eval.scoring import MetricSpec, method_list, score_fusion, score_methods
 from cir.models import Backbone
-from cir.scoring import MetricSpec, method_list, score_fusion, score_methods
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class BenchmarkEvaluator:
             entry = self.entries[i]
             dim = next(f.shape[1] for parts in collector.parts.values() for _, f in parts)
             entry.feats = Features(collector.assemble("image", dim, device), collector.assemble("text", dim, device))
-            rank_zero_only(self.cache.save)(entry.bench, entry.key, entry.feats)
+            if is_global_zero():
+                self.cache.save(entry.bench, entry.key, entry.feats)
             self.collectors[i] = FeatureCollector(collector.sizes)  # ready for the next validation run
 
     def features(self) -> list[tuple[CIRBenchmark, EvalIndex, Features]]:

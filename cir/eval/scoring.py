@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
-from cir.features import EvalIndex, Features
+from cir.distributed import rank_slice
+from cir.eval.features import EvalIndex, Features
 from cir.metrics import MeanAveragePrecisionAtK, RecallAtK
 from cir.retrieval import rank_candidates, topk_search
 from cir.slerp import compose, method_key
@@ -38,12 +38,6 @@ def method_list(methods: Sequence[str], alphas: Sequence[float]) -> list[tuple[s
         else:
             out.append((method, None))
     return out
-
-
-def _rank_slice(n: int) -> slice:
-    if dist.is_available() and dist.is_initialized():
-        return slice(dist.get_rank(), n, dist.get_world_size())
-    return slice(0, n)
 
 
 def compose_queries(index: EvalIndex, feats: Features, method: str, alpha: float | None, rows: slice) -> torch.Tensor:
@@ -89,7 +83,7 @@ def _score_compositions(
     block_size: int,
 ) -> dict[str, dict[str, float]]:
     """Score each named query composer (rows slice -> query vectors) on this rank's slice of the queries."""
-    rows = _rank_slice(len(index.ref_rows))
+    rows = rank_slice(len(index.ref_rows))
     device = feats.image.device
     gallery = feats.image[: index.n_gallery]
     exclude, target = index.exclude[rows].to(device), index.target[rows].to(device)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from cir.data.benchmark import CIRBenchmark
-from cir.reporting import write_json
+from cir.data.benchmarks.base import CIRBenchmark
+from cir.io import write_json
 
 CIRR_VERSION = "rc2"
 CIRR_RECALL_K = 50

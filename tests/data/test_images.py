@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cir.data.benchmark import load_rgb
+from cir.data.images import load_rgb
 
 
 def rgb(path) -> np.ndarray:

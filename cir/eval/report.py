@@ -1,25 +1,15 @@
-"""What a user reads after an evaluation: metrics.json, a printed table, the alpha-sweep plot, example grids."""
+"""What a user reads after an evaluation: a printed table, the alpha-sweep plot, example grids."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import torch
+from matplotlib.figure import Figure
+from torchvision.transforms.functional import pil_to_tensor
+from torchvision.utils import make_grid
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.transforms.functional import pil_to_tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from cir.atomic import atomic_write_text  # noqa: E402
-from cir.data.benchmark import CIRBenchmark, load_rgb  # noqa: E402
-from cir.slerp import parse_method_key  # noqa: E402
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+from cir.data.benchmarks.base import CIRBenchmark
+from cir.data.images import load_rgb
+from cir.slerp import parse_method_key
 
 
 def _split_key(key: str) -> tuple[str, str, str, str]:
@@ -64,7 +54,9 @@ def sweep_figure(metrics: dict[str, float], metric_names: tuple[str, ...] = ("R@
             curves.setdefault(label, []).append((alpha, value))
         else:
             baselines.setdefault(label, {})[name] = value
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # A bare Figure (no pyplot): no global backend to set, nothing kept alive after the caller drops it.
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for label, points in sorted(curves.items()):
         points.sort()
         (line,) = ax.plot([a for a, _ in points], [v for _, v in points], marker="o", label=f"slerp {label}")

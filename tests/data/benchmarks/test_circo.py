@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cir.data.benchmarks import AnnotationError, BenchmarkLayoutError, missing_images
-from cir.data.circo import compose_circo_caption, load_circo
+from cir.data.benchmarks.circo import compose_circo_caption, load_circo
 
 FULL_GALLERY_SIZE = 123_403
 

@@ -1,0 +1,238 @@
+"""One image-caption sample from a tar entry to tensors, with bad samples skipped and counted, never fatal.
+
+A sample is skipped (and counted per reason in `SkipStats`, and per batch in
+`ImageTextBatch.skipped`, since DataLoader workers keep their own stats) when its
+image or caption is missing or does not decode; a long run of skips stops the
+run, since then the data as a whole is broken.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from webdataset.utils import PipelineStage
+
+from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
+from cir.data.images import load_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CAPTION_KEY = "txt"
+SKIP_REASONS = ("shard_error", "missing_image", "bad_image", "missing_caption", "missing_embedding", "bad_embedding")
+MAX_CONSECUTIVE_SKIPS = 10_000
+_WARNINGS_PER_REASON = 10
+# What a sample yields when nothing was skipped since the previous one (shared, never modified).
+_NO_SKIPS = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+
+
+class ImageTextBatch(NamedTuple):
+    """One training batch.
+
+    `texts` is LongTensor[B, L] tokens, or FloatTensor[B, D] cached caption
+    embeddings when the pipeline reads a text embedding key. `skipped` is
+    LongTensor[len(SKIP_REASONS)]: what the worker that made this batch skipped
+    since its previous batch (summed over batches and ranks it gives the global
+    count; skips after a worker's last sample of a non-resampled epoch are only
+    in that worker's SkipStats and log).
+    """
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    skipped: torch.Tensor
+
+
+@dataclass
+class SkipStats:
+    """Skips per reason in the process that runs the pipeline (a DataLoader worker keeps its own copy).
+
+    The first few skips per reason are logged as warnings, the rest at debug
+    level. A long run of consecutive skips means the data or the transform is
+    broken as a whole, not a bad sample, so it raises instead of spinning forever.
+    """
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    consecutive: int = 0
+
+    def add(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        self.consecutive += 1
+        level = logging.WARNING if self.counts[reason] <= _WARNINGS_PER_REASON else logging.DEBUG
+        log.log(level, "skipped (%s, %d so far): %s", reason, self.counts[reason], detail)
+        if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
+            raise RuntimeError(
+                f"{self.consecutive} consecutive samples or shards were skipped ({self.counts}): "
+                "the shards, their keys or the image transform are broken, not a few samples"
+            )
+
+    def passed(self) -> None:
+        """A sample made it through: the run of consecutive skips is over."""
+        self.consecutive = 0
+
+    def shard_error(self, exn: Exception) -> bool:
+        """webdataset handler for tar-level errors (unopenable or corrupt shard): count, log, go on."""
+        self.add("shard_error", repr(exn))
+        return True
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def vector(self) -> torch.Tensor:
+        return torch.tensor([self.counts[r] for r in SKIP_REASONS], dtype=torch.long)
+
+
+class NpyReader:
+    """np.load for many small .npy entries that share one header, without re-parsing that header each time.
+
+    np.load spends most of its time on a 64-float embedding parsing the header
+    (a Python literal). Every embedding that cir.data.embed_text writes has the
+    same dtype and shape, hence byte-identical header bytes: an entry that starts
+    with the last parsed header and holds exactly its data is read with
+    np.frombuffer; anything else goes through np.load (and becomes the header
+    to match next). The result equals np.load's, read-only.
+    """
+
+    _HEADER_READERS: ClassVar[dict] = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+    def __init__(self) -> None:
+        self.header = b""
+        self.dtype: np.dtype | None = None
+        self.shape: tuple[int, ...] = ()
+        self.nbytes = -1
+
+    def load(self, data: bytes) -> np.ndarray:
+        if self.dtype is not None and len(data) == len(self.header) + self.nbytes and data.startswith(self.header):
+            return np.frombuffer(data, dtype=self.dtype, offset=len(self.header)).reshape(self.shape)
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        self._remember(data)
+        return array
+
+    def _remember(self, data: bytes) -> None:
+        """Cache the layout of a C-ordered, fixed-size array that np.load just read from `data`."""
+        stream = io.BytesIO(data)
+        reader = self._HEADER_READERS.get(np.lib.format.read_magic(stream))
+        self.dtype = None
+        if reader is None:
+            return
+        shape, fortran_order, dtype = reader(stream)
+        if fortran_order or dtype.hasobject:
+            return
+        self.header, self.dtype, self.shape = data[: stream.tell()], dtype, shape
+        self.nbytes = dtype.itemsize * int(np.prod(shape))
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ToImageText(PipelineStage):
+    """Raw tar sample -> (image tensor, caption or embedding, skips since the previous sample).
+
+    With samples_per_epoch it also ends the worker's epoch after its share; in a
+    resumed epoch it first passes over the samples of the batches already trained on.
+    """
+
+    def __init__(self, stats: SkipStats, image_transform: Callable, text_embedding_key: str | None,
+                 plan: EpochPlan, batch_size: int, samples_per_epoch: int | None) -> None:
+        self.stats = stats
+        self.image_transform = image_transform
+        self.text_embedding_key = text_embedding_key
+        self.plan = plan
+        self.batch_size = batch_size
+        self.samples_per_epoch = samples_per_epoch
+        self.embedding_dim: int | None = None
+        self.npy = NpyReader()
+
+    def run(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        plan = self.plan
+        if self.samples_per_epoch is None:
+            return self._samples(src, skip=self.batch_size * len(plan.done))
+        share = epoch_share(self.samples_per_epoch, self.batch_size, plan.world_size, plan.num_workers, plan.worker)
+        sizes = batch_sizes(self.samples_per_epoch, self.batch_size, plan.world_size)
+        skip = sum(sizes[j] for j in plan.done if j < len(sizes))
+        return itertools.islice(self._samples(src, skip), share - skip)
+
+    def _samples(self, src: Iterable[dict[str, Any]], skip: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        """The converted samples after `skip` usable ones (skipped unconverted; skips among them were counted before)."""
+        src = iter(src)
+        while skip > 0:
+            sample = next(src, None)
+            if sample is None:
+                return
+            skip -= self._looks_usable(sample)
+        yield from self._convert(src)
+
+    def _looks_usable(self, sample: dict[str, Any]) -> bool:
+        """What _convert would accept, judged from the caption and the image header (no decoding, no counting)."""
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is None:
+            return False
+        try:
+            self._text(sample)
+            with Image.open(io.BytesIO(sample[key])):
+                return True
+        except (_Skip, OSError, ValueError, Image.DecompressionBombError):
+            return False
+
+    def _convert(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+        reported, reported_total = self.stats.vector(), self.stats.total
+        for sample in src:
+            try:
+                text = self._text(sample)
+                image = self._image(sample)
+            except _Skip as skip:
+                self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
+                continue
+            self.stats.passed()
+            if self.stats.total == reported_total:
+                yield image, text, _NO_SKIPS
+                continue
+            now = self.stats.vector()
+            yield image, text, now - reported
+            reported, reported_total = now, self.stats.total
+
+    def _image(self, sample: dict[str, Any]) -> torch.Tensor:
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if key is None:
+            raise _Skip("missing_image", f"no {' / '.join(IMAGE_KEYS)} entry (keys: {sorted(sample)})")
+        try:
+            return self.image_transform(load_rgb(io.BytesIO(sample[key])))
+        except Exception as exn:
+            raise _Skip("bad_image", f"{key}: {exn!r}") from exn
+
+    def _text(self, sample: dict[str, Any]) -> str | torch.Tensor:
+        if self.text_embedding_key is None:
+            caption = sample.get(CAPTION_KEY, b"").decode("utf-8", errors="replace").strip()
+            if not caption:
+                raise _Skip("missing_caption", f"{CAPTION_KEY!r} missing or blank")
+            return caption
+        if self.text_embedding_key not in sample:
+            raise _Skip("missing_embedding", f"no {self.text_embedding_key!r} entry (keys: {sorted(sample)})")
+        try:
+            embedding = self.npy.load(sample[self.text_embedding_key])
+        except Exception as exn:
+            raise _Skip("bad_embedding", f"{self.text_embedding_key}: {exn!r}") from exn
+        if embedding.ndim != 1 or not np.issubdtype(embedding.dtype, np.floating):
+            raise _Skip("bad_embedding", f"expected a 1-D float vector, got {embedding.dtype} {embedding.shape}")
+        if self.embedding_dim is None:
+            self.embedding_dim = embedding.shape[0]
+        if embedding.shape[0] != self.embedding_dim:
+            raise _Skip("bad_embedding", f"dimension {embedding.shape[0]}, earlier samples had {self.embedding_dim}")
+        return torch.from_numpy(embedding.astype(np.float32))
+
+
+def collate(samples: Sequence[tuple], tokenize: Callable | None) -> ImageTextBatch:
+    images, texts, skipped = zip(*samples)
+    text_tensor = torch.stack(texts) if tokenize is None else tokenize(list(texts))
+    return ImageTextBatch(torch.stack(images), text_tensor, torch.stack(skipped).sum(0))

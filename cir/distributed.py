@@ -1,0 +1,37 @@
+"""Which process am I, and the one gather the library needs: every "rank" question asked in one place.
+
+Works with or without an initialised torch.distributed group (a 1-process run is
+rank 0 of 1), so library code never branches on how it was launched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_global_zero() -> bool:
+    return rank() == 0
+
+
+def rank_slice(n: int) -> slice:
+    """This process's strided share of n items: every item on exactly one rank, whatever n."""
+    return slice(rank(), n, world_size())
+
+
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's tensor (first dimensions may differ between ranks)."""
+    return torch.cat(gather_all_tensors(tensor)) if world_size() > 1 else tensor

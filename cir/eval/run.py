@@ -1,0 +1,124 @@
+"""One evaluation run from a validated config: the backbone, the evaluator, the DDP encoding and the outputs.
+
+`cir.evaluate` and `cir.submit` are thin command lines over `prepare` / `encode`;
+`evaluate` writes what `cir.evaluate` promises (metrics.json, alpha_sweep.png,
+config.yaml, a TensorBoard run) and returns the metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+from cir.config import check_kwargs, require, to_yaml
+from cir.distributed import is_global_zero
+from cir.eval.evaluator import BenchmarkEvaluator
+from cir.eval.features import FeatureCache
+from cir.eval.report import retrieval_grid, sweep_figure
+from cir.eval.scoring import ranked_ids
+from cir.eval.splits import benchmark_splits, paper_alpha
+from cir.io import atomic_write_text, write_json
+from cir.models import Backbone, create_backbone
+from cir.schema import PAPER_ALPHA
+from cir.slerp import METHODS, method_key
+from cir.tasks.zero_shot import ZeroShotEvaluation
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Impossible values fail here, before any model is built or image read."""
+    require(cfg.data.name in PAPER_ALPHA, "data.name", f"one of {sorted(PAPER_ALPHA)}", cfg.data.name)
+    for i, alpha in enumerate(cfg.eval.alphas):
+        require(0.0 <= alpha <= 1.0, f"eval.alphas[{i}]", "a value in [0, 1]", alpha)
+    require(0.0 <= paper_alpha(cfg) <= 1.0, "eval.paper_alpha", "a value in [0, 1]", cfg.eval.paper_alpha)
+    for i, method in enumerate(cfg.eval.methods):
+        require(method in METHODS, f"eval.methods[{i}]", f"one of {list(METHODS)}", method)
+    require(cfg.eval.block_size > 0, "eval.block_size", "a positive integer", cfg.eval.block_size)
+    require(cfg.eval.examples >= 0, "eval.examples", "0 or more", cfg.eval.examples)
+    require(cfg.data.batch_size > 0, "data.batch_size", "a positive integer", cfg.data.batch_size)
+    require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
+
+
+def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: dict) -> None:
+    """Encode the uncached splits with a Lightning validation loop (DDP over any number of devices)."""
+    loaders = evaluator.dataloaders(backbone)
+    if not loaders:
+        return
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
+    trainer.validate(ZeroShotEvaluation(backbone, evaluator), dataloaders=loaders, verbose=False)
+
+
+def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, BenchmarkEvaluator, dict, list[float]]:
+    """Shared by evaluate and submit: validated config -> backbone, evaluator, trainer kwargs, alphas."""
+    check_eval_config(cfg)
+    trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
+    L.seed_everything(cfg.seed, verbose=False)
+    benches = benchmark_splits(cfg.data, split)
+    backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
+    backbone.eval()
+    alphas = sorted({*cfg.eval.alphas, paper_alpha(cfg)})
+    evaluator = BenchmarkEvaluator(
+        benches,
+        methods=list(cfg.eval.methods),
+        alphas=alphas,
+        cache=FeatureCache(cfg.eval.cache_dir),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+    )
+    return backbone, evaluator, trainer_kwargs, alphas
+
+
+def validation_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
+    """Zero-shot evaluation as a training run's validation (no feature cache: the weights change every step)."""
+    if not cfg.eval.benchmarks:
+        return None
+    benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg)]
+    alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
+    return BenchmarkEvaluator(benches, list(cfg.eval.methods), alphas, None, cfg.eval.batch_size, cfg.eval.num_workers)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Encode, score every method, and (on rank 0) write metrics.json, the plot, config.yaml and TensorBoard."""
+    backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
+    encode(evaluator, backbone, trainer_kwargs)
+    metrics = evaluator.score(backbone.device)
+    if is_global_zero():
+        write_outputs(cfg, backbone, evaluator, metrics)
+    return metrics
+
+
+def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator, metrics: dict[str, float]) -> None:
+    out = Path(cfg.output_dir)
+    write_json(out / "metrics.json", {**run_info(cfg, backbone), **metrics})
+    atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    logger = TensorBoardLogger(str(out), name="tensorboard", version="")
+    logger.log_metrics(metrics, step=0)
+    figure = sweep_figure(metrics)
+    figure.savefig(out / "alpha_sweep.png", dpi=120)
+    logger.experiment.add_figure("alpha_sweep", figure, 0)
+    log_examples(logger, evaluator, cfg)
+    logger.finalize("success")
+
+
+def log_examples(logger: TensorBoardLogger, evaluator: BenchmarkEvaluator, cfg: DictConfig) -> None:
+    """A grid of queries with their top-5 results at the paper's alpha (target framed green)."""
+    if cfg.eval.examples == 0 or "slerp" not in cfg.eval.methods:
+        return
+    for bench, index, feats in evaluator.features():
+        rows = list(range(min(cfg.eval.examples, len(bench.queries))))
+        top = ranked_ids(index, feats, "slerp", paper_alpha(cfg), 5, cfg.eval.block_size)[rows]
+        grid = retrieval_grid(bench, rows, top)
+        logger.experiment.add_image(f"examples/{bench.name}/{bench.split}", grid, 0)
+
+
+def run_info(cfg: DictConfig, backbone: Backbone) -> dict[str, str]:
+    """`meta/...` entries of metrics.json: what produced the numbers, so they stay comparable."""
+    return {
+        "meta/model": cfg.model.name,
+        "meta/pretrained": cfg.model.pretrained,
+        "meta/fingerprint": backbone.fingerprint(),
+        "meta/caption_mode": cfg.data.caption_mode,
+        "meta/paper_method": method_key("slerp", paper_alpha(cfg)),
+    }
