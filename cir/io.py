@@ -1,8 +1,11 @@
 """File writes that never leave a half-written file. Atomic writes: a temp file in the target's folder, renamed over it only once complete.
 
 A kill mid-write leaves the old file (or none), never a half-written one that a
-later run would trust: feature caches, exports, metrics and submission files all
-go through here.
+later run would trust: checkpoints, feature caches, exports, metrics and
+submission files all go through here. The temp file sits beside the target, so
+the rename never crosses a filesystem (a copy from $TMPDIR would not be atomic),
+and it is flushed to disk before the rename, so a crash right after cannot leave
+the new name on missing data.
 """
 
 from __future__ import annotations
@@ -16,16 +19,42 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
-    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed."""
+    """Yield a temporary path to write; on success it replaces `path`, on failure it is removed.
+
+    The file gets the mode a plain `open` would give it (0666 less the umask; mkstemp's is 0600),
+    so folders shared by a group stay readable. A failed write (disk full) is re-raised naming `path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
+        try:
+            yield tmp
+            _fsync(tmp)
+        except OSError as err:
+            if err.filename is None and err.errno is not None:  # ENOSPC from a library's write: say which file
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -1,3 +1,7 @@
+import errno
+import os
+import stat
+
 import pytest
 
 from cir.io import atomic_path, atomic_write_text
@@ -19,3 +23,26 @@ def test_a_complete_write_replaces(tmp_path):
     atomic_write_text(target, "one")
     atomic_write_text(target, "two")
     assert target.read_text() == "two" and len(list(target.parent.iterdir())) == 1
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_get_the_mode_a_plain_open_gives_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "atomic.txt", "x")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_full_disk_names_the_target_and_leaves_the_old_file(tmp_path):
+    target = tmp_path / "figure.png"
+    atomic_write_text(target, "old")
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        with atomic_path(target) as tmp:
+            open(tmp, "w").write("half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert failed.value.filename == str(target) and failed.value.errno == errno.ENOSPC
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
