@@ -51,6 +51,11 @@ class EvalConfig:
     cache_dir: str | None = "~/.cache/cir/features"
     examples: int = 8
     block_size: int = 1024
+    # Remove each query's reference image from the candidates? null: the benchmark's official rule
+    # (CIRR yes; CIRCO, FashionIQ no: see cir.eval.features.OFFICIAL_EXCLUDE_REFERENCE)
+    exclude_reference: bool | None = None
+    # Write <output_dir>/features/<dataset>-<split>.npz: the features and ids that were scored (README "Outputs")
+    save_features: bool = False
 
 
 @dataclass
@@ -130,6 +135,7 @@ class PeriodicEvalConfig:
     methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])
     batch_size: int = 64
     num_workers: int = 2
+    exclude_reference: bool | None = None  # as cir.evaluate's eval.exclude_reference (null: official rule)
 
 
 @dataclass

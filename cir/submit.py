@@ -2,7 +2,9 @@
 
 Uses the evaluation config (model, data, eval); `submit.split` defaults to the
 benchmark's test split, `submit.alpha` to the paper's alpha. CIRCO val works
-too, to check the pipeline with the official evaluator.
+too, to check the pipeline with the official evaluator. The reference image is
+ranked or not as in evaluation (eval.exclude_reference, null: the official rule);
+eval.save_features=true also writes the scored features (<output_dir>/features).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from cir.config import ConfigError, load_config, require, run_cli
 from cir.distributed import is_global_zero
-from cir.eval.run import encode, prepare
+from cir.eval.run import encode, export_features, prepare, reference_summary
 from cir.eval.scoring import ranked_ids, ranked_subset_ids
 from cir.eval.splits import paper_alpha
 from cir.eval.submission import CIRCO_K, CIRR_RECALL_K, write_submission
@@ -42,7 +44,9 @@ def main(path: str | None, overrides: list[str]) -> list[Path]:
     for bench, index, feats in evaluator.features():
         top = ranked_ids(index, feats, cfg.submit.method, method_alpha, k, cfg.eval.block_size)
         subset = ranked_subset_ids(index, feats, cfg.submit.method, method_alpha) if bench.name == "cirr" else None
-        written += write_submission(bench, top, subset, Path(cfg.output_dir))
+        written += write_submission(bench, top, subset, Path(cfg.output_dir), index.exclude_reference)
+    written += export_features(cfg, evaluator)
+    print(reference_summary(evaluator))
     for p in written:
         print(f"wrote {p}")
     return written

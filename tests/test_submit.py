@@ -46,14 +46,25 @@ def test_cirr_test1_files(cirr_root, tmp_path):
 
 
 @pytest.mark.parametrize("split", ["test", "val"])
-def test_circo_files(circo_root, tmp_path, split):
-    run(circo_root, tmp_path, "data.name=circo", f"submit.split={split}")
+def test_circo_files_rank_the_whole_gallery(circo_root, tmp_path, split, capsys):
+    # CIRCO's protocol keeps the reference a candidate, so image only ranks it first (cosine 1 with itself)
+    run(circo_root, tmp_path, "data.name=circo", f"submit.split={split}", "submit.method=image")
+    assert "reference image: circo kept in the gallery (official)" in capsys.readouterr().out
     bench = load_benchmarks("circo", circo_root, split)[0]
     payload = json.loads((tmp_path / f"circo_{split}_submission.json").read_text())
     assert set(payload) == {q.query_id for q in bench.queries}
     for q in bench.queries:
         ids = payload[q.query_id]
         assert all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids)
+        assert len(ids) == min(50, len(bench.gallery)) and ids[0] == int(q.reference)
+
+
+def test_circo_files_without_the_reference_when_asked(circo_root, tmp_path):
+    run(circo_root, tmp_path, "data.name=circo", "submit.method=image", "eval.exclude_reference=true")
+    bench = load_benchmarks("circo", circo_root, "test")[0]
+    payload = json.loads((tmp_path / "circo_test_submission.json").read_text())
+    for q in bench.queries:
+        ids = payload[q.query_id]
         assert len(ids) == min(50, len(bench.gallery) - 1) and int(q.reference) not in ids
 
 
@@ -99,12 +110,28 @@ def test_validator_rejects_what_the_server_would(cirr_root):
     with pytest.raises(SubmissionError, match="metric"):
         validate(bench, {**files["recall"], "metric": "recall_subset"}, 50, meta)
 
+    subset_meta = {"version": "rc2", "metric": "recall_subset"}
+    with_reference = dict(files["recall_subset"])
+    with_reference[first.query_id] = [first.reference] + with_reference[first.query_id][:2]
+    with pytest.raises(SubmissionError, match="not allowed"):  # Recall_subset never ranks the reference
+        validate(bench, with_reference, 3, subset_meta, subset=True, exclude_reference=False)
+
+
+def test_circo_validator_accepts_the_reference_unless_excluded(circo_root):
+    bench = load_benchmarks("circo", circo_root, "test")[0]
+    k = min(50, len(bench.gallery))
+    payload = {q.query_id: [int(q.reference)] + [int(g) for g in bench.gallery if g != q.reference][: k - 1]
+               for q in bench.queries}
+    validate(bench, payload, 50, {})
+    with pytest.raises(SubmissionError):
+        validate(bench, payload, 50, {}, exclude_reference=True)
+
 
 def test_writer_refuses_an_invalid_ranking_and_writes_nothing(circo_root, tmp_path):
     bench = load_benchmarks("circo", circo_root, "test")[0]
     top = _ranked(bench, 50)
     top[0, 1] = top[0, 0]
     with pytest.raises(SubmissionError):
-        write_submission(bench, top, None, tmp_path / "out")
+        write_submission(bench, top, None, tmp_path / "out", exclude_reference=True)
     assert not (tmp_path / "out").exists()
     assert len(circo_file(bench, _ranked(bench, 50))) == len(bench.queries)

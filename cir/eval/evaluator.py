@@ -52,8 +52,10 @@ class BenchmarkEvaluator:
         batch_size: int = 64,
         num_workers: int = 0,
         spec: MetricSpec = MetricSpec(),
+        exclude_reference: bool | None = None,
     ) -> None:
-        self.entries = [_Entry(b, EvalIndex.build(b)) for b in benchmarks]
+        """`exclude_reference`: None for each benchmark's official rule, True / False to force one for all."""
+        self.entries = [_Entry(b, EvalIndex.build(b, exclude_reference)) for b in benchmarks]
         self.methods = method_list(methods, alphas)
         self.cache = cache or FeatureCache(None)
         self.batch_size = batch_size
@@ -98,6 +100,10 @@ class BenchmarkEvaluator:
             if is_global_zero():
                 self.cache.save(entry.bench, entry.key, entry.feats)
             self.collectors[i] = FeatureCollector(collector.sizes)  # ready for the next validation run
+
+    def excludes_reference(self) -> dict[str, bool]:
+        """{benchmark name: whether its reference images are removed from the candidates}."""
+        return {e.bench.name: e.index.exclude_reference for e in self.entries}
 
     def features(self) -> list[tuple[CIRBenchmark, EvalIndex, Features]]:
         missing = [e.bench.name for e in self.entries if e.feats is None]

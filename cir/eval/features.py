@@ -23,6 +23,26 @@ from cir.io import atomic_path
 
 CACHE_FORMAT = 1
 
+# Whether each benchmark's official protocol removes the query's reference image from the candidates.
+# CIRR: yes. SEARLE src/validate.py cirr_compute_val_metrics and src/generate_test_submission.py
+#   cirr_generate_test_dicts mask the reference name out of the sorted gallery ("Delete the reference image
+#   from the results"); the generated benchmark is CIRR-layout, loaded as `cirr`, and follows it.
+# CIRCO: no. SEARLE src/validate.py circo_compute_val_metrics and src/generate_test_submission.py
+#   circo_generate_test_dict take the top 50 of the whole COCO unlabeled gallery; CIRCO's own
+#   src/evaluation.py compute_metrics scores the submitted list as it is.
+# FashionIQ: no. SEARLE src/validate.py fiq_compute_val_metrics ranks the category's whole val gallery.
+OFFICIAL_EXCLUDE_REFERENCE = {"cirr": True, "circo": False, "fashioniq": False}
+
+
+def excludes_reference(bench_name: str, override: bool | None = None) -> bool:
+    """`override` where set (eval.exclude_reference), else the benchmark's official choice."""
+    if override is not None:
+        return bool(override)
+    family = bench_name.split("_")[0]  # fashioniq_dress -> fashioniq
+    if family not in OFFICIAL_EXCLUDE_REFERENCE:
+        raise ValueError(f"no official reference-image rule known for benchmark {bench_name!r}")
+    return OFFICIAL_EXCLUDE_REFERENCE[family]
+
 
 @dataclass
 class EvalIndex:
@@ -30,6 +50,10 @@ class EvalIndex:
 
     Targets not in the gallery point at `n_gallery`, an index retrieval never
     returns, so they count as misses instead of vanishing from the denominator.
+    `reference` is each query's reference as a gallery row (-1 if not in the
+    gallery); `exclude` is the same where the protocol removes the reference
+    from the candidates (`exclude_reference`), else all -1. CIRR's img_set
+    ranking always drops the reference (the official subset is the other members).
     """
 
     image_ids: list[str]
@@ -37,13 +61,20 @@ class EvalIndex:
     texts: list[str]
     ref_rows: torch.Tensor
     text_rows: torch.Tensor
+    reference: torch.Tensor
+    exclude_reference: bool
     exclude: torch.Tensor
     target: torch.Tensor
     positives: torch.Tensor
     subset: torch.Tensor
 
+    def excluded(self) -> torch.Tensor | None:
+        """The `exclude` argument of topk_search: None where nothing is excluded, so all G candidates count."""
+        return self.exclude if self.exclude_reference else None
+
     @classmethod
-    def build(cls, bench: CIRBenchmark) -> EvalIndex:
+    def build(cls, bench: CIRBenchmark, exclude_reference: bool | None = None) -> EvalIndex:
+        """`exclude_reference`: None for the benchmark's official choice (see OFFICIAL_EXCLUDE_REFERENCE)."""
         gallery_row = {image_id: row for row, image_id in enumerate(bench.gallery)}
         if len(gallery_row) != len(bench.gallery):
             raise ValueError(f"{bench.name}/{bench.split}: the gallery lists an image id twice")
@@ -66,13 +97,17 @@ class EvalIndex:
             return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
 
         queries = bench.queries
+        exclude = excludes_reference(bench.name, exclude_reference)
+        reference = torch.tensor([gallery_row.get(q.reference, -1) for q in queries], dtype=torch.long)
         return cls(
             image_ids=image_ids,
             n_gallery=len(bench.gallery),
             texts=list(text_row),
             ref_rows=torch.tensor([image_row[q.reference] for q in queries], dtype=torch.long),
             text_rows=torch.tensor([text_row[q.caption] for q in queries], dtype=torch.long),
-            exclude=torch.tensor([gallery_row.get(q.reference, -1) for q in queries], dtype=torch.long),
+            reference=reference,
+            exclude_reference=exclude,
+            exclude=reference if exclude else torch.full_like(reference, -1),
             target=torch.tensor([gallery_index(q.target or (q.targets[0] if q.targets else None)) for q in queries]),
             positives=padded([[gallery_index(t) for t in q.targets] for q in queries]),
             subset=padded([[gallery_row[m] for m in dict.fromkeys(q.subset) if m in gallery_row] for q in queries]),

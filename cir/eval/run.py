@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from cir.config import check_kwargs, require, to_yaml
 from cir.distributed import is_global_zero
 from cir.eval.evaluator import BenchmarkEvaluator
-from cir.eval.features import FeatureCache
+from cir.eval.export import save_features
+from cir.eval.features import FeatureCache, excludes_reference
 from cir.eval.report import retrieval_grid, sweep_figure
 from cir.eval.scoring import ranked_ids
 from cir.eval.splits import benchmark_splits, paper_alpha
@@ -66,6 +67,7 @@ def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, Benchm
         cache=FeatureCache(cfg.eval.cache_dir),
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
+        exclude_reference=cfg.eval.exclude_reference,
     )
     return backbone, evaluator, trainer_kwargs, alphas
 
@@ -76,22 +78,48 @@ def validation_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
         return None
     benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg)]
     alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
-    return BenchmarkEvaluator(benches, list(cfg.eval.methods), alphas, None, cfg.eval.batch_size, cfg.eval.num_workers)
+    return BenchmarkEvaluator(
+        benches,
+        list(cfg.eval.methods),
+        alphas,
+        None,
+        cfg.eval.batch_size,
+        cfg.eval.num_workers,
+        exclude_reference=cfg.eval.exclude_reference,
+    )
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Encode, score every method, and (on rank 0) write metrics.json, the plot, config.yaml and TensorBoard."""
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
+    """Encode, score every method, and (on rank 0) write metrics.json, the plot, config.yaml, TensorBoard
+    and, with eval.save_features, the exported features; returns the metrics and the evaluator that scored them."""
     backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
     encode(evaluator, backbone, trainer_kwargs)
     metrics = evaluator.score(backbone.device)
     if is_global_zero():
         write_outputs(cfg, backbone, evaluator, metrics)
-    return metrics
+        export_features(cfg, evaluator)
+    return metrics, evaluator
+
+
+def export_features(cfg: DictConfig, evaluator: BenchmarkEvaluator) -> list[Path]:
+    """With eval.save_features: each split's scored features and ids as `<output_dir>/features/*.npz`."""
+    if not cfg.eval.save_features:
+        return []
+    return [save_features(cfg.output_dir, bench, index, feats) for bench, index, feats in evaluator.features()]
+
+
+def reference_summary(evaluator: BenchmarkEvaluator) -> str:
+    """One line saying, per benchmark, whether the reference image was a candidate (and if that is the official rule)."""
+    parts = []
+    for name, excluded in evaluator.excludes_reference().items():
+        rule = "official" if excluded == excludes_reference(name) else "eval.exclude_reference, not the official rule"
+        parts.append(f"{name} {'excluded' if excluded else 'kept in the gallery'} ({rule})")
+    return "reference image: " + "; ".join(parts)
 
 
 def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator, metrics: dict[str, float]) -> None:
     out = Path(cfg.output_dir)
-    write_json(out / "metrics.json", {**run_info(cfg, backbone), **metrics})
+    write_json(out / "metrics.json", {**run_info(cfg, backbone, evaluator), **metrics})
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     logger.log_metrics(metrics, step=0)
@@ -113,7 +141,7 @@ def log_examples(logger: TensorBoardLogger, evaluator: BenchmarkEvaluator, cfg: 
         logger.experiment.add_image(f"examples/{bench.name}/{bench.split}", grid, 0)
 
 
-def run_info(cfg: DictConfig, backbone: Backbone) -> dict[str, str]:
+def run_info(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator) -> dict[str, str | bool]:
     """`meta/...` entries of metrics.json: what produced the numbers, so they stay comparable."""
     return {
         "meta/model": cfg.model.name,
@@ -121,4 +149,5 @@ def run_info(cfg: DictConfig, backbone: Backbone) -> dict[str, str]:
         "meta/fingerprint": backbone.fingerprint(),
         "meta/caption_mode": cfg.data.caption_mode,
         "meta/paper_method": method_key("slerp", paper_alpha(cfg)),
+        **{f"meta/exclude_reference/{name}": excluded for name, excluded in evaluator.excludes_reference().items()},
     }

@@ -86,7 +86,9 @@ def _score_compositions(
     rows = rank_slice(len(index.ref_rows))
     device = feats.image.device
     gallery = feats.image[: index.n_gallery]
-    exclude, target = index.exclude[rows].to(device), index.target[rows].to(device)
+    excluded = index.excluded()
+    exclude = excluded[rows].to(device) if excluded is not None else None
+    reference, target = index.reference[rows].to(device), index.target[rows].to(device)
     has_targets = bool((index.target < index.n_gallery).any())
     has_subset = index.subset.shape[1] > 0 and has_targets
     has_positives = index.positives.shape[1] > 1
@@ -100,7 +102,7 @@ def _score_compositions(
         values = dict(recall.compute())
         if has_subset:
             subset_recall = RecallAtK(spec.subset_recall, prefix="Rsub").to(device)
-            ranked = rank_candidates(queries, gallery, index.subset[rows].to(device), exclude)
+            ranked = rank_candidates(queries, gallery, index.subset[rows].to(device), reference)
             subset_recall.update(ranked, target)
             values.update(subset_recall.compute())
         if has_positives:
@@ -114,15 +116,18 @@ def _score_compositions(
 def ranked_ids(
     index: EvalIndex, feats: Features, method: str, alpha: float | None, k: int, block_size: int = 1024
 ) -> torch.Tensor:
-    """Every query's top-k gallery rows (reference excluded), on this process: for submissions and examples."""
+    """Every query's top-k gallery rows (reference excluded where index.exclude_reference), on this process:
+    for submissions and examples."""
     queries = compose_queries(index, feats, method, alpha, slice(None))
     gallery = feats.image[: index.n_gallery]
-    _, top = topk_search(queries, gallery, k, exclude=index.exclude.to(gallery.device), query_block=block_size)
+    excluded = index.excluded()
+    exclude = excluded.to(gallery.device) if excluded is not None else None
+    _, top = topk_search(queries, gallery, k, exclude=exclude, query_block=block_size)
     return top
 
 
 def ranked_subset_ids(index: EvalIndex, feats: Features, method: str, alpha: float | None) -> torch.Tensor:
-    """Every query's img_set members ranked (reference removed, -1 padding at the end)."""
+    """Every query's img_set members ranked (reference always removed, as CIRR's Recall_subset; -1 padding at the end)."""
     queries = compose_queries(index, feats, method, alpha, slice(None))
     gallery = feats.image[: index.n_gallery]
-    return rank_candidates(queries, gallery, index.subset.to(gallery.device), index.exclude.to(gallery.device))
+    return rank_candidates(queries, gallery, index.subset.to(gallery.device), index.reference.to(gallery.device))

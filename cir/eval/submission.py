@@ -1,9 +1,10 @@
 """Official test-server files for CIRR and CIRCO, validated before they are written.
 
-Each builder turns ranked gallery rows into the server's JSON; `validate_*`
+Each builder turns ranked gallery rows into the server's JSON; `validate`
 checks what the servers check (every query present, ids unique and from the
-gallery, the reference excluded, the right length) so a bad file never leaves
-this machine.
+gallery, the right length, the reference absent where the protocol excludes it:
+CIRR always, CIRCO only if eval.exclude_reference=true) so a bad file never
+leaves this machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from cir.data.benchmarks.base import CIRBenchmark
+from cir.eval.features import excludes_reference
 from cir.io import write_json
 
 CIRR_VERSION = "rc2"
@@ -54,8 +56,20 @@ def _check_query(bench: CIRBenchmark, qid: str, ranked: list, k: int, allowed: s
         raise SubmissionError(f"{bench.name}/{bench.split} query {qid}: ids not allowed here: {outside[:3]}")
 
 
-def validate(bench: CIRBenchmark, payload: dict, k: int, metadata: dict[str, str], subset: bool = False) -> None:
-    """Every query exactly once, k unique ids each, from the gallery (or img_set), reference excluded."""
+def validate(
+    bench: CIRBenchmark,
+    payload: dict,
+    k: int,
+    metadata: dict[str, str],
+    subset: bool = False,
+    exclude_reference: bool | None = None,
+) -> None:
+    """Every query exactly once, k unique ids each, from the gallery (or img_set).
+
+    The reference is refused where it is excluded: from img_set lists always (CIRR's
+    Recall_subset), from gallery lists per `exclude_reference` (None: the benchmark's official rule).
+    """
+    exclude = subset or excludes_reference(bench.name, exclude_reference)
     for key, value in metadata.items():
         if payload.get(key) != value:
             raise SubmissionError(f"{bench.name}/{bench.split}: field {key!r} must be {value!r}")
@@ -70,19 +84,27 @@ def validate(bench: CIRBenchmark, payload: dict, k: int, metadata: dict[str, str
     gallery = set(bench.gallery)
     for query in bench.queries:
         allowed = set(query.subset) if subset else gallery
-        allowed = allowed - {query.reference}
+        if exclude:
+            allowed = allowed - {query.reference}
         want = min(k, len(allowed))
         _check_query(bench, query.query_id, entries[query.query_id], want, allowed)
 
 
-def write_submission(bench: CIRBenchmark, top: torch.Tensor, subset: torch.Tensor | None, out_dir: Path) -> list[Path]:
-    """Build, validate, then write atomically; returns the written paths."""
+def write_submission(
+    bench: CIRBenchmark,
+    top: torch.Tensor,
+    subset: torch.Tensor | None,
+    out_dir: Path,
+    exclude_reference: bool | None = None,
+) -> list[Path]:
+    """Build, validate (reference rule as `validate`), then write atomically; returns the written paths."""
     out_dir = Path(out_dir)
     if bench.name == "cirr":
         if subset is None:
             raise ValueError("CIRR submissions need the img_set ranking (recall_subset)")
         files = cirr_files(bench, top, subset)
-        validate(bench, files["recall"], CIRR_RECALL_K, {"version": CIRR_VERSION, "metric": "recall"})
+        validate(bench, files["recall"], CIRR_RECALL_K, {"version": CIRR_VERSION, "metric": "recall"},
+                 exclude_reference=exclude_reference)
         validate(bench, files["recall_subset"], CIRR_SUBSET_K, {"version": CIRR_VERSION, "metric": "recall_subset"}, True)
         paths = {
             "recall": out_dir / f"cirr_{bench.split}_recall_submission.json",
@@ -93,7 +115,7 @@ def write_submission(bench: CIRBenchmark, top: torch.Tensor, subset: torch.Tenso
         return list(paths.values())
     if bench.name == "circo":
         payload = circo_file(bench, top)
-        validate(bench, payload, CIRCO_K, {})
+        validate(bench, payload, CIRCO_K, {}, exclude_reference=exclude_reference)
         path = out_dir / f"circo_{bench.split}_submission.json"
         write_json(path, payload)
         return [path]
