@@ -15,7 +15,6 @@ import lightning as L
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
-    ThroughputMonitor,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
@@ -30,6 +29,7 @@ from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS
 from cir.tasks.base import ContrastiveTask
 from cir.tasks.tat import LORA_TOWERS
+from cir.throughput import ThroughputMonitor
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
         ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
                         save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
-        ThroughputMonitor(batch_size_fn=lambda batch: batch[0].shape[0]),
+        ThroughputMonitor(),  # with the model's FLOPs per batch: flops_per_sec and MFU in TensorBoard
         GracefulInterruption(out / "checkpoints" / "last.ckpt"),
     ]
 
