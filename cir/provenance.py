@@ -21,8 +21,13 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def run_record(config: dict[str, Any], initial_fingerprint: str, samples_seen: int, global_step: int) -> dict[str, Any]:
-    """Backbone and weights, training data, how much of it was seen, the resolved config, versions."""
+def run_record(config: dict[str, Any], initial_fingerprint: str, samples_seen: int, global_step: int,
+               config_changes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Backbone and weights, training data, how much of it was seen, the resolved config, versions.
+
+    `config_changes`: keys changed on resume, each with the global step it took effect at (cir.resume),
+    so `config` (the latest) never stands for settings the earlier steps were trained with.
+    """
     return {
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": config.get("task"),
@@ -36,5 +41,6 @@ def run_record(config: dict[str, Any], initial_fingerprint: str, samples_seen: i
         "samples_seen": samples_seen,
         "global_step": global_step,
         "config": config,
+        "config_changes": config_changes or [],
         "versions": package_versions(),
     }

@@ -144,6 +144,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class ResumeConfig:
+    """Rerunning in an output_dir resumes; config keys that change the training trajectory (optim.*, seed, data.*,
+    model.*, task, trainer.* other than run length and logging) must be listed here to differ from the checkpoint's.
+    A name accepts the keys under it (`optim` accepts optim.lr); each change is recorded in run.json."""
+
+    accept_changes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class SupervisedConfig:
     """Supervised CIR fine-tuning on a benchmark's train triplets (reference, relative caption, target).
 
@@ -174,6 +183,7 @@ class FitConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: PeriodicEvalConfig = field(default_factory=PeriodicEvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     trainer: dict[str, Any] = field(
         default_factory=lambda: {"accelerator": "auto", "devices": "auto", "max_epochs": 1, "log_every_n_steps": 10}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -17,14 +18,19 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
 )
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
+from cir.checkpoint_io import AtomicCheckpointIO
 from cir.config import ConfigError, check_kwargs, require, to_yaml
+from cir.data.shards import SKIP_REASONS
 from cir.eval.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.preemption import GracefulInterruption
+from cir.resume import check_resume, newest_checkpoint
+from cir.run_lock import RunLock
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS
 from cir.tasks.base import ContrastiveTask
@@ -108,46 +114,58 @@ def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
     ]
 
 
-def resume_path(out: Path) -> str | None:
-    """The newest of checkpoints/last.ckpt and Lightning's SLURM requeue checkpoints (<out>/hpc_ckpt_N.ckpt).
-
-    Lightning writes an hpc checkpoint if SIGUSR1 comes before GracefulInterruption takes
-    over the handlers, and would load it by itself only under SLURM and without a path
-    given; choosing here resumes from the latest state either way.
-    """
-    found = [p for p in [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
-    return str(max(found, key=lambda p: p.stat().st_mtime_ns)) if found else None
-
-
 def train(cfg: DictConfig) -> dict | None:
     """Fit (resuming the run in cfg.output_dir if there is one), then on rank 0 write the export and run.json.
 
-    Returns the run record on rank 0, None on the other ranks.
+    Rank 0 holds cfg.output_dir locked for the run (cir.run_lock), which also checks it is writable before any
+    model is built. Returns the run record on rank 0, None on the other ranks.
     """
     check_fit_config(cfg)
+    with RunLock(cfg.output_dir) if rank_zero_only.rank == 0 else nullcontext():
+        return fit_and_export(cfg)
+
+
+def skipped_counts(trainer: L.Trainer, module: ContrastiveTask) -> dict[str, int]:
+    """Samples the loaders skipped, per reason, summed over ranks (tasks without shard data skip none)."""
+    counts = getattr(module, "skipped_samples", None)
+    if counts is None:
+        return {}
+    total = trainer.strategy.reduce(counts.float(), reduce_op="sum")
+    return {reason: int(n) for reason, n in zip(SKIP_REASONS, total.tolist())}
+
+
+def fit_and_export(cfg: DictConfig) -> dict | None:
+    """The run itself: resume from the newest good checkpoint if its config allows (cir.resume), fit, export."""
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     evaluator = validation_evaluator(cfg)
     out = Path(cfg.output_dir)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
-                        num_sanity_val_steps=0, **trainer_kwargs)
+                        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     resolve_batch_size(cfg, trainer)
+    point = newest_checkpoint(out)
+    changes = check_resume(point, OmegaConf.to_container(cfg, resolve=True), list(cfg.resume.accept_changes))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data = build_task(cfg)
+    module.config_changes = changes
     module.attach_evaluator(evaluator)
     if evaluator is not None:
         data.attach_validation(functools.partial(evaluator.dataloaders, module.backbone))
     if trainer.is_global_zero:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
-    ckpt = resume_path(out)
-    if ckpt:
-        log.info("resuming from %s", ckpt)
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    if point is not None:
+        log.info("resuming from %s (global step %d)", point.path, point.global_step)
+    trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point is not None else None)
     samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
+    skipped = skipped_counts(trainer, module)
     if trainer.is_global_zero:
         export = export_backbone(module.backbone, out)
         record = module.record()
         record["samples_seen"] = samples
+        record["skipped_samples"] = skipped
+        log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",
+                 trainer.global_step, trainer.global_step - (point.global_step if point else 0), samples,
+                 sum(skipped.values()), ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none")
         record["export"] = str(export)
         # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu.
         record["export_model_name"] = module.backbone.name

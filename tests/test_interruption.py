@@ -1,8 +1,10 @@
 """Interrupting TAT: SIGTERM / SIGINT / SLURM's SIGUSR1 save a checkpoint at a step boundary and the same command
-resumes; a non-finite loss stops the run and leaves the last good checkpoint; resume_path picks the newest state."""
+resumes; a non-finite loss stops the run and leaves the last good checkpoint; resume picks the newest good state
+and a failed checkpoint write leaves the previous ones whole."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -10,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,8 +21,9 @@ import pytest
 import torch
 
 from cir import fit, training
-from cir.config import run_cli
+from cir.config import ConfigError, run_cli
 from cir.preemption import slurm_job_id
+from cir.resume import newest_checkpoint
 from cir.tasks.base import NonFiniteLossError, warmup_cosine
 from cir.tasks.tat import TextAnchoredTuning
 
@@ -207,21 +211,76 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert not (out / "run.json").exists() and not (out / "export.pt").exists()
 
 
-def touch(path: Path, mtime_s: int) -> Path:
+def save_at_step(path: Path, step: int, mtime_s: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
+    torch.save({"global_step": step, "cir_run": {}}, path)
     os.utime(path, ns=(mtime_s * 10**9, mtime_s * 10**9))
     return path
 
 
-def test_resume_path_is_the_newest_of_last_and_lightning_hpc_checkpoints(tmp_path):
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_picks_the_newest_good_checkpoint_by_its_global_step(tmp_path, caplog):
     out = tmp_path / "run"
-    assert training.resume_path(out) is None
-    last = touch(out / "checkpoints" / "last.ckpt", 2000)
-    assert training.resume_path(out) == str(last)
-    touch(out / "hpc_ckpt_1.ckpt", 1000)
-    assert training.resume_path(out) == str(last)
-    newest = touch(out / "hpc_ckpt_2.ckpt", 3000)
-    assert training.resume_path(out) == str(newest)
-    touch(out / "checkpoints" / "step0000010.ckpt", 4000)  # periodic files never win over last.ckpt's lineage
-    assert training.resume_path(out) == str(newest)
+    assert newest_checkpoint(out) is None
+    ckpts = out / "checkpoints"
+    save_at_step(ckpts / "step0000002.ckpt", 2, 1000)
+    save_at_step(ckpts / "step0000004.ckpt", 4, 2000)
+    last = save_at_step(ckpts / "last.ckpt", 2, 3000)  # the newest file, an older state (seen after kill -9)
+    assert newest_checkpoint(out).path == ckpts / "step0000004.ckpt"
+    save_at_step(last, 4, 3000)
+    assert newest_checkpoint(out).path == last  # the same step: the newest file
+    hpc = save_at_step(out / "hpc_ckpt_1.ckpt", 5, 500)  # Lightning's SLURM checkpoint, further on
+    assert newest_checkpoint(out).path == hpc and newest_checkpoint(out).global_step == 5
+    truncate(hpc)
+    with caplog.at_level(logging.WARNING, logger="cir.resume"):
+        assert newest_checkpoint(out).path == last
+    assert f"checkpoint {hpc} is unreadable" in caplog.text
+
+
+def test_only_damaged_checkpoints_stop_the_rerun_instead_of_starting_afresh_over_them(tmp_path):
+    last = save_at_step(tmp_path / "checkpoints" / "last.ckpt", 4, 1000)
+    truncate(last)
+    with pytest.raises(ConfigError, match=f"no readable checkpoint .*{last}"):
+        newest_checkpoint(tmp_path)
+
+
+def test_a_truncated_last_ckpt_is_skipped_with_a_warning_and_the_run_resumes_from_the_newest_good_step(
+        image_text_shards, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        run_with(monkeypatch, out, image_text_shards, SignalAt(5, signal.SIGINT))
+    last = out / "checkpoints" / "last.ckpt"
+    assert load(last)["global_step"] == 6
+    truncate(last)  # what a full disk left behind before checkpoints were written atomically
+    caplog.set_level(logging.INFO)
+    run_with(monkeypatch, out, image_text_shards)
+    assert f"checkpoint {last} is unreadable" in caplog.text
+    assert f"resuming from {out / 'checkpoints' / 'step0000004.ckpt'} (global step 4)" in caplog.text
+    assert_finished_as_one_uninterrupted_run(out)
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_checkpoints_whole_and_no_temp_file(
+        image_text_shards, tmp_path, monkeypatch):
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    save = torch.save
+
+    def disk_full_at_step_4(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("global_step") == 4:
+            if isinstance(f, (str, os.PathLike)):
+                Path(f).write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        fit.main(None, fit_args(out, image_text_shards))
+    assert failed.value.filename == str(out / "checkpoints" / "step0000004.ckpt")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt", "step0000002.ckpt"]
+    assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not list(system_tmp.iterdir())

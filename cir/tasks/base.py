@@ -63,10 +63,12 @@ class ContrastiveTask(L.LightningModule, TemperatureMixin):
         self.evaluator: BenchmarkEvaluator | None = None
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         self.initial_fingerprint = ""
+        self.config_changes: list[dict[str, Any]] = []  # set by cir.training on resume (cir.resume.check_resume)
 
     def record(self) -> dict[str, Any]:
         """Provenance of this run (this rank's count of samples; the CLI sums ranks for run.json)."""
-        return run_record(OmegaConf.to_container(self.cfg), self.initial_fingerprint, int(self.samples_seen), self.global_step)
+        return run_record(OmegaConf.to_container(self.cfg), self.initial_fingerprint, int(self.samples_seen), self.global_step,
+                          self.config_changes)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cir_run"] = self.record()

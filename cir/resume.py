@@ -1,0 +1,122 @@
+"""Which checkpoint a rerun resumes from, and whether the new config may continue it.
+
+The newest usable state wins by the global step written inside each checkpoint
+(not by name or mtime: after a kill, `last.ckpt` can be older than a periodic
+file). A file that does not open (truncated, half-copied) is named in a warning and
+skipped. A config change that alters the training trajectory stops the rerun unless
+`resume.accept_changes` names it; every change, accepted or harmless, is recorded
+with the step it took effect at, so config.yaml and run.json never claim settings
+the weights were not trained with.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cir.checkpoint_io import read_checkpoint
+from cir.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Keys that only extend the run or change what is observed; the trajectory so far stays valid.
+OBSERVING = (
+    "output_dir", "eval", "checkpoint", "resume", "model.cache_dir", "trainer.max_steps", "trainer.max_epochs",
+    "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.val_check_interval", "trainer.check_val_every_n_epoch", "trainer.limit_val_batches",
+)
+# Paths whose change is a move when every file name stays the same.
+PATHS = ("data.train_shards", "data.text_embeddings", "init_from", "supervised.train.root", "supervised.train.image_root")
+
+
+@dataclass
+class ResumePoint:
+    path: Path
+    global_step: int
+    record: dict[str, Any] = field(default_factory=dict)  # the run record the task saved in it (cir_run)
+
+
+def candidates(out: Path) -> list[Path]:
+    """last.ckpt, the periodic checkpoints, and Lightning's SLURM requeue checkpoints (<out>/hpc_ckpt_N.ckpt)."""
+    return [p for p in [*sorted((out / "checkpoints").glob("*.ckpt")), *sorted(out.glob("hpc_ckpt_*.ckpt"))] if p.is_file()]
+
+
+def newest_checkpoint(out: Path) -> ResumePoint | None:
+    """The readable checkpoint with the highest global step (the newest file among equals); None for a fresh run."""
+    found, bad = [], []
+    for path in candidates(out):
+        try:
+            ckpt = read_checkpoint(path)
+            found.append((ckpt["global_step"], path.stat().st_mtime_ns, ResumePoint(path, ckpt["global_step"], ckpt.get("cir_run", {}))))
+        except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is not a state to resume
+            bad.append(path)
+            log.warning("checkpoint %s is unreadable (%s: %s): skipping it", path, type(err).__name__,
+                        str(err).split(". ")[0])
+    if not found:
+        if bad:
+            raise ConfigError(f"config key `output_dir`: no readable checkpoint in {out} to resume from "
+                              f"({', '.join(map(str, bad))} damaged); move them away to start afresh")
+        return None
+    return max(found, key=lambda f: f[:2])[2]
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def _names(value: Any) -> list[str] | None:
+    values = value if isinstance(value, list) else [value]
+    return [Path(str(v)).name for v in values] if all(isinstance(v, str) for v in values) else None
+
+
+def _matches(key: str, names: tuple[str, ...] | list[str]) -> bool:
+    return any(key == n or key.startswith(f"{n}.") for n in names)
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], accepted: list[str], step: int) -> list[dict[str, Any]]:
+    """Each differing key as {step, key, from, to, kind}; kind: observes, moved or accepted. Raises ConfigError
+    listing the keys that change the trajectory and were not accepted."""
+    before, after = flatten(old), flatten(new)
+    changes, refused = [], []
+    for key in sorted(set(before) | set(after)):
+        was, now = before.get(key), after.get(key)
+        if was == now:
+            continue
+        if _matches(key, OBSERVING):
+            kind = "observes"
+        elif key in PATHS and _names(was) is not None and _names(was) == _names(now):
+            kind = "moved"
+        elif _matches(key, accepted):
+            kind = "accepted"
+        else:
+            refused.append(f"{key} {was!r} -> {now!r}")
+            continue
+        changes.append({"step": step, "key": key, "from": was, "to": now, "kind": kind})
+    if refused:
+        keys = ",".join(r.split()[0] for r in refused)
+        raise ConfigError(
+            f"config key `{refused[0].split()[0]}`: differs from the checkpoint at global step {step}, which would "
+            f"change the training trajectory ({'; '.join(refused)}); use a new output_dir, or continue with "
+            f"resume.accept_changes=[{keys}] (recorded in run.json)"
+        )
+    return changes
+
+
+def check_resume(point: ResumePoint | None, config: dict[str, Any], accepted: list[str]) -> list[dict[str, Any]]:
+    """The run's config change history: the checkpoint's plus this rerun's (empty for a fresh run)."""
+    if point is None:
+        return []
+    history = list(point.record.get("config_changes", []))
+    old = point.record.get("config")
+    if old is None:
+        log.warning("%s holds no run config: the new config cannot be compared with it", point.path)
+        return history
+    changes = config_changes(old, config, accepted, point.global_step)
+    for change in changes:
+        log.info("config change at global step %d (%s): %s %r -> %r", change["step"], change["kind"], change["key"],
+                 change["from"], change["to"])
+    return history + changes
