@@ -9,7 +9,6 @@ dinov2-style: small override files on top of shared defaults.
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from cir.logs import setup_logging
 
 BASE_KEY = "base"
 
@@ -125,6 +126,7 @@ def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | 
     """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(debug)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     if args and args[0] in ("-h", "--help"):

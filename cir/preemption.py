@@ -123,7 +123,7 @@ class GracefulInterruption(L.Callback):
         requeue, signum = self.agreed(trainer)
         if not signum:
             return
-        trainer.save_checkpoint(self.checkpoint_path)
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         if trainer.is_global_zero:
             log.info("saved %s at global step %d; rerun the same command to resume", self.checkpoint_path,
                      trainer.global_step)

@@ -95,7 +95,8 @@ def resolve_batch_size(cfg: DictConfig, trainer: L.Trainer) -> None:
     if cfg.data.batch_size is not None and cfg.data.batch_size != total // share:
         raise ConfigError(
             f"config key `data.batch_size`: {cfg.data.batch_size} per device disagrees with data.global_batch_size={total} "
-            f"over {share} process(es) x accumulation ({total // share} each); set data.batch_size=null to derive it"
+            f"over {share} process(es) x accumulation ({total // share} each); set data.batch_size=null to derive it, "
+            f"or data.global_batch_size=null to keep {cfg.data.batch_size} per device"
         )
     cfg.data.batch_size = total // share
 
@@ -161,6 +162,8 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     if trainer.is_global_zero:
         export = export_backbone(module.backbone, out)
         record = module.record()
+    if evaluator is None:  # no validation loaders to ask for (Lightning would warn that they are empty)
+        trainer_kwargs.setdefault("limit_val_batches", 0)
         record["samples_seen"] = samples
         record["skipped_samples"] = skipped
         log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",

@@ -80,12 +80,23 @@ class ContrastiveTask(L.LightningModule, TemperatureMixin):
         self.evaluator = evaluator
 
     def logs_this_step(self) -> bool:
-        """Whether Lightning writes this step's logs (every trainer.log_every_n_steps steps, as its logger connector
-        counts them). Training logs only then: Lightning would drop the other steps' values but still pay for each
-        self.log call (about 1 % of a tiny model's step per key) and each cross-rank reduction; the progress bar
-        shows the values of the last logging step."""
-        every = self.trainer.log_every_n_steps
-        return every > 0 and (self.global_step + 1) % every == 0
+        """Whether Lightning writes this step's logs: its own rule (every trainer.log_every_n_steps steps, as its logger
+        connector counts them), or the run's last step. Training logs only then: Lightning would drop the other steps'
+        values but still pay for each self.log call (about 1 % of a tiny model's step per key) and each cross-rank
+        reduction; the progress bar shows the values of the last logging step."""
+        trainer = self.trainer
+        last = 0 < trainer.max_steps <= self.global_step + 1 or (trainer.is_last_batch and self._last_epoch())
+        return last or trainer._logger_connector.should_update_logs
+
+    def _last_epoch(self) -> bool:
+        return self.trainer.max_epochs is not None and 0 < self.trainer.max_epochs <= self.current_epoch + 1
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """At the last step, say so before Lightning decides whether to write this step's logs (it writes them when
+        training stops, but learns of max_steps / max_epochs only after that decision)."""
+        trainer = self.trainer
+        if 0 < trainer.max_steps <= self.global_step or (trainer.is_last_batch and self._last_epoch()):
+            trainer.should_stop = True
 
     def check_loss(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
