@@ -15,7 +15,6 @@ import torch
 from cir import evaluate
 from cir.config import run_cli
 from cir.data.benchmarks import load_benchmarks
-from cir.eval import run as eval_run
 from cir.eval.features import EvalIndex
 from cir.models import Backbone
 
@@ -71,6 +70,7 @@ def test_cirr_end_to_end_keys_values_and_cache(cirr_root, tmp_path, count_encode
     assert {k.split("/")[3] for k in scores} == {"R@1", "R@5", "R@10", "R@50", "Rsub@1", "Rsub@2", "Rsub@3"}
     assert all(0.0 <= v <= 100.0 for v in scores.values())
     assert metrics["meta/caption_mode"] == "relative" and metrics["meta/paper_method"] == "slerp_a0.9"
+    assert metrics["meta/exclude_reference/cirr"] is True
     # each image and each distinct caption encoded exactly once for the whole 11-alpha sweep
     bench = load_benchmarks("cirr", cirr_root, "val")[0]
     index = EvalIndex.build(bench)
@@ -99,27 +99,9 @@ def test_metrics_equal_numpy_over_the_whole_split_gallery(cirr_root, tmp_path):
             assert metrics[f"cirr/val/{method}/R@{k}"] == pytest.approx(expected, abs=1e-6), (method, k)
 
 
-def test_image_only_never_returns_the_reference(cirr_root, tmp_path):
-    # with the reference in the gallery, image-only retrieval would rank it first (cosine 1)
-    from cir.eval.scoring import ranked_ids
-
-    cfg = evaluate.load_config(evaluate.EvaluateConfig, None, [
-        "model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}", "eval.cache_dir=null",
-        "data.num_workers=0", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
-    backbone, evaluator, trainer_kwargs, _ = eval_run.prepare(cfg)
-    eval_run.encode(evaluator, backbone, trainer_kwargs)
-    (bench, index, feats), = evaluator.features()
-    top = ranked_ids(index, feats, "image", None, 5)
-    refs = index.exclude
-    assert (refs >= 0).all()
-    assert not (top == refs[:, None]).any()
-    scores = feats.image[index.ref_rows] @ feats.image[: index.n_gallery].T
-    assert torch.equal(scores.argmax(1), refs)  # so exclusion is what keeps it out
-
-
 def test_circo_reports_map_and_records_caption_mode(circo_root, tmp_path):
     metrics = run(circo_root, tmp_path, "data.name=circo", "eval.alphas=[0.8]", "data.caption_mode=with_concept")
-    assert metrics["meta/caption_mode"] == "with_concept"
+    assert metrics["meta/caption_mode"] == "with_concept" and metrics["meta/exclude_reference/circo"] is False
     assert {k.split("/")[3] for k in metrics if k.startswith("circo/")} >= {"mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@1"}
     assert {k.split("/")[2] for k in metrics if k.startswith("circo/")} == {"image", "text", "sum", "slerp_a0.8"}
 
