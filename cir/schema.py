@@ -79,6 +79,26 @@ class EvaluateConfig:
 
 
 @dataclass
+class BrowseSettings:
+    """The page of `python -m cir.browse`: a second model to compare (null: none), a folder of images as the
+    gallery instead of the benchmark split (null: the split), and where the local server listens."""
+
+    compare: ModelConfig | None = None
+    folder: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    top_k: int = 10
+    rank_depth: int = 1000  # target ranks are exact down to this depth, shown as ">1000" past it
+
+
+@dataclass
+class BrowseConfig(EvaluateConfig):
+    """`python -m cir.browse`: an evaluation config (model, benchmark, feature cache) plus the page's settings."""
+
+    browse: BrowseSettings = field(default_factory=BrowseSettings)
+
+
+@dataclass
 class LoraConfig:
     """peft LoRA on the attention query / value projections (paper: rank 16, alpha 16, dropout 0.1)."""
 

@@ -175,3 +175,20 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         write_json(out / "run.json", record)
         return record
     return None
+        logger.log_hyperparams(run_hparams(cfg), final_metrics(trainer))
+        logger.finalize("success")  # fit closed the writer already: flush what the line above wrote
+
+
+# The settings TensorBoard's hparams view shows per run, so runs can be sorted and compared there.
+HPARAM_KEYS = ("task", "seed", "init_from", "model.name", "model.pretrained", "model.anchor", "model.lora.r",
+               "optim.lr", "optim.weight_decay", "optim.warmup_steps", "data.batch_size", "data.global_batch_size")
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, object]:
+    return {key: OmegaConf.select(cfg, key) for key in HPARAM_KEYS}
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last logged value of every scalar, under `final/` so the step-0 copy Lightning writes of them
+    does not join the training curves."""
+    return {f"final/{name}": float(value) for name, value in trainer.callback_metrics.items() if value.numel() == 1}

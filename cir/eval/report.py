@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from cir.data.benchmarks.base import CIRBenchmark
 from cir.data.images import load_rgb
 from cir.slerp import parse_method_key
+
+REFERENCE_COLOUR = (0.2, 0.4, 1.0)
+TARGET_COLOUR = (0.0, 0.8, 0.0)
+OTHER_COLOUR = (0.6, 0.6, 0.6)
 
 
 def _split_key(key: str) -> tuple[str, str, str, str]:
@@ -70,20 +77,49 @@ def sweep_figure(metrics: dict[str, float], metric_names: tuple[str, ...] = ("R@
     return fig
 
 
-def retrieval_grid(bench: CIRBenchmark, query_rows: list[int], top: torch.Tensor, size: int = 96) -> torch.Tensor:
-    """Each row: the reference, then the top results; the target framed green, others grey."""
-    def tile(image_id: str, colour: tuple[float, float, float]) -> torch.Tensor:
-        image = load_rgb(bench.image_path(image_id)).resize((size, size))
-        pixels = pil_to_tensor(image).float() / 255
-        framed = torch.tensor(colour).view(3, 1, 1).expand(3, size + 8, size + 8).clone()
-        framed[:, 4:-4, 4:-4] = pixels
-        return framed
+def framed_tile(image: Image.Image, colour: tuple[float, float, float], size: int = 96) -> torch.Tensor:
+    """An image resized to size x size inside a 4-pixel frame of `colour` (RGB in [0, 1]), as a (3, H, W) tensor."""
+    pixels = pil_to_tensor(image.convert("RGB").resize((size, size))).float() / 255
+    framed = torch.tensor(colour).view(3, 1, 1).expand(3, size + 8, size + 8).clone()
+    framed[:, 4:-4, 4:-4] = pixels
+    return framed
 
-    tiles = []
-    for row, ranked in zip(query_rows, top.tolist()):
+
+def caption_strip(text: str, width: int, height: int = 20) -> torch.Tensor:
+    """`text` in black on a white strip `width` pixels wide, cut with an ellipsis where it would not fit."""
+    font = ImageFont.load_default(size=height - 7)
+    if font.getlength(text) > width - 8:
+        while text and font.getlength(text + "...") > width - 8:
+            text = text[:-1]
+        text += "..."
+    strip = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(strip).text((4, height // 2), text, fill="black", font=font, anchor="lm")
+    return pil_to_tensor(strip).float() / 255
+
+
+def captioned_row(text: str, tiles: list[torch.Tensor], padding: int = 2) -> torch.Tensor:
+    """Tiles side by side under a caption strip, so a row says what it shows."""
+    row = make_grid(torch.stack(tiles), nrow=len(tiles), padding=padding)
+    return torch.cat([caption_strip(text, row.shape[2]), row], dim=1)
+
+
+def rank_text(rank: float, depth: int) -> str:
+    """A 1-based target rank for a caption: 'target rank 3', or 'target not in the top 1000' past the ranked depth."""
+    return f"target rank {int(rank)}" if math.isfinite(rank) else f"target not in the top {depth}"
+
+
+def retrieval_grid(
+    bench: CIRBenchmark, query_rows: list[int], top: torch.Tensor, ranks: torch.Tensor, depth: int, size: int = 96
+) -> torch.Tensor:
+    """Each row: the caption and the target's 1-based rank (`ranks`, inf past `depth`) above the reference and
+    the top results; the reference framed blue, the target green, others grey."""
+    rows = []
+    for row, ranked, rank in zip(query_rows, top.tolist(), ranks.tolist()):
         query = bench.queries[row]
-        tiles.append(tile(query.reference, (0.2, 0.4, 1.0)))
+        tiles = [framed_tile(load_rgb(bench.image_path(query.reference)), REFERENCE_COLOUR, size)]
         for gallery_row in ranked:
             image_id = bench.gallery[gallery_row]
-            tiles.append(tile(image_id, (0.0, 0.8, 0.0) if image_id in query.targets else (0.6, 0.6, 0.6)))
-    return make_grid(torch.stack(tiles), nrow=1 + top.shape[1], padding=2)
+            colour = TARGET_COLOUR if image_id in query.targets else OTHER_COLOUR
+            tiles.append(framed_tile(load_rgb(bench.image_path(image_id)), colour, size))
+        rows.append(captioned_row(f"{query.query_id}: {query.caption} ({rank_text(rank, depth)})", tiles))
+    return torch.cat(rows, dim=1)

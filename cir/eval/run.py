@@ -22,10 +22,13 @@ from cir.eval.report import retrieval_grid, sweep_figure
 from cir.eval.scoring import ranked_ids
 from cir.eval.splits import benchmark_splits, paper_alpha
 from cir.io import atomic_write_text, write_json
+from cir.metrics import target_rank
 from cir.models import Backbone, create_backbone
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS, method_key
 from cir.tasks.zero_shot import ZeroShotEvaluation
+
+EXAMPLE_RANK_DEPTH = 1000  # the example grid names the target's rank down to this depth
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -127,17 +130,27 @@ def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvalu
     figure.savefig(out / "alpha_sweep.png", dpi=120)
     logger.experiment.add_figure("alpha_sweep", figure, 0)
     log_examples(logger, evaluator, cfg)
+    logger.log_hyperparams(run_info(cfg, backbone, evaluator), hparam_metrics(metrics, paper_alpha(cfg)))
     logger.finalize("success")
 
 
+def hparam_metrics(metrics: dict[str, float], alpha: float) -> dict[str, float]:
+    """The columns of TensorBoard's hparams view: the baselines and Slerp at the paper's alpha (not the whole sweep)."""
+    shown = {"image", "text", "sum", method_key("slerp", alpha)}
+    return {key: value for key, value in metrics.items() if key.split("/")[2] in shown}
+
+
 def log_examples(logger: TensorBoardLogger, evaluator: BenchmarkEvaluator, cfg: DictConfig) -> None:
-    """A grid of queries with their top-5 results at the paper's alpha (target framed green)."""
+    """A grid of queries at the paper's alpha: each row's caption and target rank, the reference, the top 5
+    (target framed green)."""
     if cfg.eval.examples == 0 or "slerp" not in cfg.eval.methods:
         return
     for bench, index, feats in evaluator.features():
         rows = list(range(min(cfg.eval.examples, len(bench.queries))))
-        top = ranked_ids(index, feats, "slerp", paper_alpha(cfg), 5, cfg.eval.block_size)[rows]
-        grid = retrieval_grid(bench, rows, top)
+        depth = min(EXAMPLE_RANK_DEPTH, index.n_gallery)
+        top = ranked_ids(index, feats, "slerp", paper_alpha(cfg), depth, cfg.eval.block_size)[rows]
+        ranks = target_rank(top, index.target[rows]) + 1
+        grid = retrieval_grid(bench, rows, top[:, :5], ranks, depth)
         logger.experiment.add_image(f"examples/{bench.name}/{bench.split}", grid, 0)
 
 
