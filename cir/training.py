@@ -173,10 +173,10 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu.
         record["export_model_name"] = module.backbone.name
         write_json(out / "run.json", record)
-        return record
-    return None
         logger.log_hyperparams(run_hparams(cfg), final_metrics(trainer))
         logger.finalize("success")  # fit closed the writer already: flush what the line above wrote
+        return record
+    return None
 
 
 # The settings TensorBoard's hparams view shows per run, so runs can be sorted and compared there.
