@@ -121,6 +121,7 @@ def test_fashioniq_per_category_and_average(fashioniq_root, tmp_path):
         ("eval.alpha=[0.5]", "eval.alpha"),
         ("eval.alphas=[1.5]", "eval.alphas[0]"),
         ("eval.methods=[slerpp]", "eval.methods[0]"),
+        ("eval.exclude_reference=maybe", "eval.exclude_reference"),
         ("data.batch_size=0", "data.batch_size"),
         ("trainer.max_stepz=3", "trainer.max_stepz"),
         ("data.root=/nonexistent/cirr", "/nonexistent/cirr"),
