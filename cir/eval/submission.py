@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from cir.data.benchmarks.base import CIRBenchmark
+from cir.data.benchmarks.cirr import CIRR_VERSION
 from cir.eval.features import excludes_reference
 from cir.io import write_json
 
-CIRR_VERSION = "rc2"
 CIRR_RECALL_K = 50
 CIRR_SUBSET_K = 3
 CIRCO_K = 50

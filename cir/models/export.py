@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from cir.io import atomic_path
 from cir.models.backbone import Backbone
 from cir.models.blip import BlipBackbone
 from cir.models.lora import has_lora, merge_lora
@@ -82,18 +83,10 @@ def export_open_clip(backbone: Backbone, path: str | Path) -> Path:
     backbone's file loads with `create_backbone(backbone.name, path)`; its shareable
     export is export_backbone's folder.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = merged_state_dict(backbone)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".safetensors":
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".safetensors":
             save_file(state, tmp)
         else:
             torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)

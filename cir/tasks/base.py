@@ -18,6 +18,7 @@ from cir.models import Backbone, train_transform
 from cir.provenance import run_record
 
 
+from cir.tasks.zero_shot import EvaluatorEncoding
 def training_transform(cfg: DictConfig, backbone: Backbone) -> Callable:
     """The backbone's training transform with `model.aug_cfg` applied (bad settings name the key)."""
     try:
@@ -52,7 +53,7 @@ class TemperatureMixin(nn.Module):
         return self.log_logit_scale.exp().clamp(max=100.0)
 
 
-class ContrastiveTask(L.LightningModule, TemperatureMixin):
+class ContrastiveTask(EvaluatorEncoding, L.LightningModule, TemperatureMixin):
     """What TAT and supervised fine-tuning share: config, optimiser, schedule, periodic evaluation."""
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -119,10 +120,6 @@ class ContrastiveTask(L.LightningModule, TemperatureMixin):
             optimizer, lambda step: warmup_cosine(step, optim.warmup_steps, int(total))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    @torch.no_grad()
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluator.encode_batch(self.backbone, batch, dataloader_idx)
 
     def on_validation_epoch_end(self) -> None:
         if self.evaluator is None or not self.evaluator.collectors:

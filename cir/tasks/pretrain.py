@@ -16,9 +16,7 @@ from cir.tasks import tat
 class ContrastivePretraining(tat.TextAnchoredTuning):
     def make_backbone(self, cfg: DictConfig) -> Backbone:
         backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
-        if cfg.model.grad_checkpointing:
-            backbone.set_grad_checkpointing(True)
-        return backbone
+        return tat.prepare_for_tuning(backbone, cfg, lora=False)
 
 
 def build(cfg: DictConfig) -> tuple[ContrastivePretraining, ImageTextDataModule]:

@@ -25,14 +25,15 @@ from cir.config import ConfigError, require
 from cir.data.benchmarks import BENCHMARK_NAMES
 from cir.data.triplets import TripletDataModule, TripletDataset, load_triplets
 from cir.fusion import FUSIONS, SlerpFusion, build_fusion
-from cir.models import TOWERS, Backbone, apply_lora, create_backbone, merge_lora
+from cir.models import TOWERS, Backbone, create_backbone, merge_lora
 from cir.tasks.base import ContrastiveTask, training_transform
-from cir.tasks.tat import LORA_TOWERS, build_tat_backbone
+from cir.tasks.pretrain import ContrastivePretraining
+from cir.tasks.tat import TextAnchoredTuning, prepare_for_tuning
 
 LIGHTNING_SUFFIX = ".ckpt"
 # Checkpoint tasks whose backbone can be rebuilt here: TAT (LoRA, merged on load) and full pretraining.
-INIT_TASKS = ("tat", "pretrain")
-_BACKBONE_PREFIX = "backbone."
+# The tasks whose checkpoints fine-tuning can start from, and the LightningModule that rebuilds each.
+INIT_TASKS = {"tat": TextAnchoredTuning, "pretrain": ContrastivePretraining}
 
 
 def composed_contrastive_loss(
@@ -51,9 +52,12 @@ def composed_contrastive_loss(
 
 
 def _load_lightning_checkpoint(path: Path, cfg: DictConfig) -> Backbone:
-    """Rebuild the checkpoint's backbone as its task built it, load its weights and merge any LoRA."""
+    """Rebuild the checkpoint's module with Lightning's load_from_checkpoint and return its backbone, LoRA merged.
+
+    The config is read first (memory-mapped, so the weights are not read twice) to name the task and check the model.
+    """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
         raise ConfigError(f"config key `init_from`: {path} does not read as a torch checkpoint: {err}") from None
     config = (ckpt.get("hyper_parameters") or {}).get("config") if isinstance(ckpt, dict) else None
@@ -72,17 +76,12 @@ def _load_lightning_checkpoint(path: Path, cfg: DictConfig) -> Backbone:
         )
     # Cached caption embeddings only mattered to that run's data; the weights file builds the same architecture.
     source.data.text_embeddings = None
-    if source.task == "tat":
-        backbone = build_tat_backbone(source)
-    else:
-        backbone = create_backbone(source.model.name, source.model.pretrained, cache_dir=source.model.cache_dir)
-    state = {k[len(_BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(_BACKBONE_PREFIX)}
     try:
-        backbone.load_state_dict(state)
+        module = INIT_TASKS[source.task].load_from_checkpoint(path, map_location="cpu", config=OmegaConf.to_container(source))
     except RuntimeError as err:
         raise ConfigError(f"config key `init_from`: {path} does not fit its own model config: {str(err).splitlines()[0]}") from None
-    merge_lora(backbone)
-    return backbone
+    merge_lora(module.backbone)
+    return module.backbone
 
 
 def initial_backbone(cfg: DictConfig) -> Backbone:
@@ -113,12 +112,7 @@ class SupervisedTuning(ContrastiveTask):
         cfg = self.cfg
         backbone = initial_backbone(cfg)
         self.initial_fingerprint = backbone.fingerprint()
-        lora = cfg.model.lora
-        apply_lora(backbone, LORA_TOWERS[cfg.model.anchor], r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                   target_modules=tuple(lora.target_modules))
-        if cfg.model.grad_checkpointing:
-            backbone.set_grad_checkpointing(True)
-        self.backbone = backbone
+        self.backbone = prepare_for_tuning(backbone, cfg)
         sup = cfg.supervised
         self.fusion = build_fusion(sup.fusion, backbone.embed_dim, alpha=sup.alpha, learn_alpha=sup.learn_alpha,
                                    hidden=sup.combiner_hidden, dropout=sup.combiner_dropout)

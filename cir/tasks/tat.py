@@ -34,9 +34,16 @@ def build_tat_backbone(cfg: DictConfig) -> Backbone:
     backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
     if cfg.data.text_embeddings:
         check_backbone_identity(load_text_embedding_meta(cfg.data.text_embeddings), backbone)
-    lora = cfg.model.lora
-    apply_lora(backbone, LORA_TOWERS[cfg.model.anchor], r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-               target_modules=tuple(lora.target_modules))
+    return prepare_for_tuning(backbone, cfg)
+
+
+def prepare_for_tuning(backbone: Backbone, cfg: DictConfig, lora: bool = True) -> Backbone:
+    """LoRA (model.lora) on the towers model.anchor leaves free, unless `lora` is False, and gradient checkpointing
+    as model.grad_checkpointing says: what every task that tunes a backbone sets up the same way."""
+    if lora:
+        settings = cfg.model.lora
+        apply_lora(backbone, LORA_TOWERS[cfg.model.anchor], r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
+                   target_modules=tuple(settings.target_modules))
     if cfg.model.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     return backbone
@@ -49,7 +56,8 @@ class TextAnchoredTuning(ContrastiveTask):
         super().__init__(config)
         self.backbone = self.make_backbone(self.cfg)
         self.initial_fingerprint = self.backbone.fingerprint()
-        self.loss_fn = ClipLoss()
+        # Over the global batch: gradients flow through this rank's slice of the gathered features; setup() tells it the rank.
+        self.loss_fn = ClipLoss(local_loss=False, gather_with_grad=False)
         # Bad samples the loaders skipped so far on this rank; checkpointed, summed over ranks when logged.
         self.register_buffer("skipped_samples", torch.zeros(len(SKIP_REASONS), dtype=torch.long))
         trainable, total = count_parameters(self.backbone)
@@ -59,9 +67,7 @@ class TextAnchoredTuning(ContrastiveTask):
         return build_tat_backbone(cfg)
 
     def setup(self, stage: str) -> None:
-        # Gradients flow through this rank's slice of the gathered features (open_clip's ClipLoss).
-        self.loss_fn = ClipLoss(local_loss=False, gather_with_grad=False, rank=self.global_rank,
-                                world_size=self.trainer.world_size)
+        self.loss_fn.rank, self.loss_fn.world_size = self.global_rank, self.trainer.world_size
 
     def features(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.backbone.encode_image(images)

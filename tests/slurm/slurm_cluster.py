@@ -180,6 +180,10 @@ class LocalSlurm:
         text = self.run("scontrol", "show", "job", str(job_id), "-o").stdout
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
+    def steps(self, job_id: int) -> list[str]:
+        """The job's steps slurmctld still knows (a requeued job's old steps linger while slurmd tears them down)."""
+        return self.run("squeue", "-h", "-s", "-j", str(job_id), "-o", "%i", check=False).stdout.split()
+
     def jobs(self) -> list[int]:
         return [int(j) for j in self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()]
 

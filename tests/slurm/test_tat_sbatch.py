@@ -72,13 +72,19 @@ def test_sbatch_template_trains_with_ddp_then_requeues_on_usr1_and_resumes(slurm
         wait_for(running_with_checkpoint, 120, "the first periodic checkpoint")
         slurm_cluster.run("scancel", "--signal=USR1", str(job_id))
         wait_for(requeued, 60, "the job to be requeued")
+        # Released while slurmd still tears the first attempt down, the job is refused ("Job N already killed, do not
+        # launch batch job") and FAILS: wait until the node is idle and no step of the job is left.
+        wait_for(lambda: slurm_cluster.node_state() == "idle" and not slurm_cluster.steps(job_id), 60,
+                 "the first attempt's steps to be gone and the node idle")
         # SLURM holds a requeued job for a while (about 2 minutes) before it may start again
         slurm_cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
         wait_for(lambda: state()["JobState"] in ENDED, 120, "the requeued job to end")
     except TimeoutError as err:
         fail(str(err))
     if state()["JobState"] != "COMPLETED":
-        fail("the requeued job did not complete")
+        refused = "already killed, do not launch" in slurm_cluster.logs()
+        fail("the requeued job was refused by slurmd: released before the first attempt was torn down" if refused
+             else "the requeued job did not complete")
     log = output()
 
     assert log.count("attempt 2:") == 1 and "attempt 3:" not in log, log[-6000:]

@@ -28,13 +28,13 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from cir.data.benchmarks.cirr import CIRR_VERSION
 from cir.data.synth.captions import pretrain_caption, tune_caption
 from cir.data.synth.queries import SceneSplit, build_split
 from cir.data.synth.scenes import RenderStyle, Scene, encode_png, random_scene, render
 
 FORMAT_VERSION = 1
 MARKER = "synth-complete.json"
-CIRR_VERSION = "rc2"
 # (split, image folder / name prefix, stream id): CIRR names its val images "dev-...".
 CIRR_SPLITS = (("train", "train", 3), ("val", "dev", 4), ("test1", "test1", 5))
 _FIRST_PAIRID = 1
