@@ -12,9 +12,14 @@ the weights were not trained with.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
 
 from cir.checkpoint_io import read_checkpoint
 from cir.config import ConfigError
@@ -27,6 +32,9 @@ OBSERVING = (
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.val_check_interval", "trainer.check_val_every_n_epoch", "trainer.limit_val_batches",
 )
+# Keys a resumed run cannot take on: the checkpoint's weights were built (and shaped) by the old value.
+FIXED = ("task", "model.name", "model.pretrained", "model.anchor", "model.lora.r", "model.lora.target_modules",
+         "optim.learn_temperature", "init_from")
 # Paths whose change is a move when every file name stays the same.
 PATHS = ("data.train_shards", "data.text_embeddings", "init_from", "supervised.train.root", "supervised.train.image_root")
 
@@ -81,7 +89,7 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], accepted: list[str]
     """Each differing key as {step, key, from, to, kind}; kind: observes, moved or accepted. Raises ConfigError
     listing the keys that change the trajectory and were not accepted."""
     before, after = flatten(old), flatten(new)
-    changes, refused = [], []
+    changes, refused, fixed = [], [], []
     for key in sorted(set(before) | set(after)):
         was, now = before.get(key), after.get(key)
         if was == now:
@@ -90,12 +98,20 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], accepted: list[str]
             kind = "observes"
         elif key in PATHS and _names(was) is not None and _names(was) == _names(now):
             kind = "moved"
+        elif _matches(key, FIXED):
+            fixed.append(f"{key} {was!r} -> {now!r}")
+            continue
         elif _matches(key, accepted):
             kind = "accepted"
         else:
             refused.append(f"{key} {was!r} -> {now!r}")
             continue
         changes.append({"step": step, "key": key, "from": was, "to": now, "kind": kind})
+    if fixed:
+        raise ConfigError(
+            f"config key `{fixed[0].split()[0]}`: differs from the checkpoint at global step {step}, whose weights were "
+            f"built with the old value ({'; '.join(fixed)}); a resumed run cannot change it: use a new output_dir"
+        )
     if refused:
         keys = ",".join(r.split()[0] for r in refused)
         raise ConfigError(
@@ -120,3 +136,30 @@ def check_resume(point: ResumePoint | None, config: dict[str, Any], accepted: li
         log.info("config change at global step %d (%s): %s %r -> %r", change["step"], change["kind"], change["key"],
                  change["from"], change["to"])
     return history + changes
+
+
+class ResumedOptimizer(L.Callback):
+    """A resumed run trains with the config's optimiser settings, not the checkpoint's.
+
+    Lightning restores the optimizer's param groups and the scheduler's base LRs from the
+    checkpoint, which would silently keep the old optim.lr / weight_decay / betas / eps
+    after `resume.accept_changes` let new ones into config.yaml; a fixed temperature is a
+    restored buffer too. The warmup-cosine schedule is rebuilt from the config anyway.
+    """
+
+    def __init__(self, optim: DictConfig) -> None:
+        self.optim = optim
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            scheduler.base_lrs = [self.optim.lr] * len(scheduler.base_lrs)
+            for group, factor in zip(scheduler.optimizer.param_groups, (f(scheduler.last_epoch) for f in scheduler.lr_lambdas)):
+                decays = group["params"][0].ndim >= 2  # ContrastiveTask.configure_optimizers' split
+                group.update(lr=self.optim.lr * factor, initial_lr=self.optim.lr, betas=tuple(self.optim.betas),
+                             eps=self.optim.eps, weight_decay=self.optim.weight_decay if decays else 0.0)
+        if not self.optim.learn_temperature:
+            with torch.no_grad():
+                pl_module.log_logit_scale.fill_(math.log(1.0 / self.optim.temperature))

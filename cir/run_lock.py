@@ -73,6 +73,8 @@ class RunLock:
 
     def __enter__(self) -> RunLock:
         me = this_process()
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"config key `output_dir`: {self.out} is a file, not a folder")
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()

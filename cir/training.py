@@ -29,7 +29,7 @@ from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.preemption import GracefulInterruption
-from cir.resume import check_resume, newest_checkpoint
+from cir.resume import ResumedOptimizer, check_resume, newest_checkpoint
 from cir.run_lock import RunLock
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS
@@ -112,6 +112,7 @@ def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
         LearningRateMonitor(logging_interval="step"),
         ThroughputMonitor(),  # with the model's FLOPs per batch: flops_per_sec and MFU in TensorBoard
         GracefulInterruption(out / "checkpoints" / "last.ckpt"),
+        ResumedOptimizer(cfg.optim),
     ]
 
 
