@@ -1,0 +1,29 @@
+"""cir.training.train end to end on the tiny model: what a finished run reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import webdataset as wds
+from conftest import write_image_text_shards
+from test_interruption import ARGS
+
+from cir import fit
+from cir.data.shards import SKIP_REASONS
+
+
+def test_a_finished_run_reports_steps_samples_and_skips_per_reason_in_one_line_and_in_run_json(tmp_path, caplog):
+    shards = write_image_text_shards(tmp_path / "shards", num_shards=2, per_shard=8)
+    with wds.TarWriter(str(tmp_path / "shards" / "train-000002.tar")) as sink:
+        sink.write({"__key__": "bad0", "png": b"not an image", "txt": "a red square"})
+        sink.write({"__key__": "bad1", "png": b"", "txt": "a red square"})
+    out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="cir.training")
+    fit.main(None, [*ARGS, f"data.train_shards={shards.replace('000001', '000002')}", f"output_dir={out}",
+                    "data.resampled=false", "data.samples_per_epoch=null", "trainer.max_steps=-1", "trainer.max_epochs=1"])
+    record = json.loads((out / "run.json").read_text())
+    assert record["global_step"] == 2 and record["samples_seen"] == 16
+    assert record["skipped_samples"] == {reason: 2 if reason == "bad_image" else 0 for reason in SKIP_REASONS}
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trained to")]
+    assert summary == ["trained to global step 2 (2 steps in this run), 16 samples seen, 2 skipped (bad_image 2)"]
