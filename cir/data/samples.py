@@ -22,6 +22,7 @@ from webdataset.utils import PipelineStage
 
 from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
 from cir.data.images import load_rgb
+from cir.data.transforms import stack_images
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,8 @@ class ToImageText(PipelineStage):
         if key is None:
             raise _Skip("missing_image", f"no {' / '.join(IMAGE_KEYS)} entry (keys: {sorted(sample)})")
         try:
+            if getattr(self.image_transform, "takes_encoded", False):
+                return self.image_transform(sample[key])
             return self.image_transform(load_rgb(io.BytesIO(sample[key])))
         except Exception as exn:
             raise _Skip("bad_image", f"{key}: {exn!r}") from exn
@@ -235,4 +238,4 @@ class ToImageText(PipelineStage):
 def collate(samples: Sequence[tuple], tokenize: Callable | None) -> ImageTextBatch:
     images, texts, skipped = zip(*samples)
     text_tensor = torch.stack(texts) if tokenize is None else tokenize(list(texts))
-    return ImageTextBatch(torch.stack(images), text_tensor, torch.stack(skipped).sum(0))
+    return ImageTextBatch(stack_images(images), text_tensor, torch.stack(skipped).sum(0))

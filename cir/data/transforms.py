@@ -1,0 +1,128 @@
+"""open_clip's training augmentation with uint8 images out of the loader, normalised per batch on the device.
+
+On 256 px JPEG photos open_clip's train transform (RandomResizedCrop in PIL,
+ToTensor, Normalize) costs about 4x the JPEG decode per sample (benchmarks/README.md,
+bench_decode_floor.py): PIL's bicubic resample, and float32 images four times the
+bytes of uint8 through collation, worker-to-main transfer and host-to-device copies.
+`Uint8RandomResizedCrop` makes the same crop (same random parameters, drawn the
+same way from torch's RNG) and resamples it with torch's antialiased uint8 kernel
+(the same bicubic filter as PIL's, about 4x faster); the loader hands over uint8
+batches, and `to_float` does ToTensor + Normalize once per batch where the batch
+is (ContrastiveTask.on_after_batch_transfer: on the GPU in training).
+
+It is built from the transform open_clip itself makes from the model's
+PreprocessCfg and AugmentationCfg (`uint8_version`), so it stays what
+`model.aug_cfg` asks for; augmentations it does not cover (colour jitter,
+grayscale, timm's pipeline) keep open_clip's float transform.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import (
+    Compose,
+    InterpolationMode,
+    Normalize,
+    RandomResizedCrop,
+)
+
+from cir.data.images import load_rgb
+
+# What open_clip's plain (non-timm, no jitter) training transform is made of, in order.
+_PLAIN_OPEN_CLIP = ("RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize")
+_MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
+
+
+def decode_rgb(data: bytes) -> torch.Tensor:
+    """Encoded image -> uint8 (3, H, W) RGB, the pixels load_rgb gives (channels-last memory).
+
+    Baseline RGB JPEGs (what img2dataset writes) go through torchvision's
+    libjpeg-turbo decoder straight into a tensor; anything else (grayscale, CMYK,
+    PNG, WebP, ...) through load_rgb. Both refuse decompression bombs: the size
+    is read from the header before anything is decoded.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with the same limit as load_rgb
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            fast = header.format == "JPEG" and header.mode == "RGB"
+    if width * height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"image of {width}x{height} pixels exceeds the limit of {Image.MAX_IMAGE_PIXELS}")
+    if fast:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return pil_to_uint8(load_rgb(io.BytesIO(data)))
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 (3, H, W) view of its pixels in channels-last memory."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Uint8RandomResizedCrop:
+    """torchvision's RandomResizedCrop (as open_clip configures it), as a uint8 (3, *size) tensor.
+
+    Takes a PIL image or the encoded bytes (`takes_encoded`: cir's shard reader
+    then skips the PIL decode). The crop parameters come from
+    RandomResizedCrop.get_params, the same draws from torch's RNG as open_clip's
+    transform; the resample is torch's antialiased `interpolate` on uint8, the
+    filter PIL uses (pixels equal to within one grey level, bar about one value in
+    a million that differs by two: the two round their intermediate pass differently).
+    `mean` / `std` are what `to_float` applies per batch.
+    """
+
+    size: tuple[int, int]
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    takes_encoded = True
+
+    def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
+        pixels = pil_to_uint8(image.convert("RGB")) if isinstance(image, Image.Image) else decode_rgb(image)
+        top, left, height, width = RandomResizedCrop.get_params(pixels, list(self.scale), list(self.ratio))
+        # Channels-last memory selects torch's vectorised uint8 kernel (a crop of a channels-last image is not).
+        crop = pixels[None, :, top : top + height, left : left + width].contiguous(memory_format=torch.channels_last)
+        return F.interpolate(crop, size=self.size, mode=self.interpolation, antialias=True)[0]
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> what open_clip's transform gives: ToTensor's /255, then Normalize (same ops, same order)."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return images.float().div_(255).sub_(mean).div_(std)
+
+
+def uint8_version(transform: Callable) -> Uint8RandomResizedCrop | None:
+    """The uint8 equivalent of open_clip's plain training transform, or None for any other transform.
+
+    Reads the crop size, scale, ratio and interpolation from open_clip's own
+    RandomResizedCrop, and mean / std from its Normalize.
+    """
+    if not isinstance(transform, Compose) or tuple(type(t).__name__ for t in transform.transforms) != _PLAIN_OPEN_CLIP:
+        return None
+    crop, _, _, normalize = transform.transforms
+    if not isinstance(crop, RandomResizedCrop) or not isinstance(normalize, Normalize) or crop.interpolation not in _MODES:
+        return None
+    if not crop.antialias:
+        return None
+    return Uint8RandomResizedCrop(size=tuple(crop.size), scale=tuple(crop.scale), ratio=tuple(crop.ratio),
+                                  interpolation=_MODES[crop.interpolation], mean=tuple(normalize.mean),
+                                  std=tuple(normalize.std))
+
+
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, except that channels-last uint8 images stay channels-last (one contiguous copy, no gather)."""
+    first = images[0]
+    if first.dtype == torch.uint8 and first.ndim == 3 and first.stride(0) == 1:
+        return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return torch.stack(list(images))
