@@ -8,14 +8,19 @@ dinov2-style: small override files on top of shared defaults.
 
 from __future__ import annotations
 
+import errno
 import inspect
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from cir.data.benchmarks.annotations import AnnotationError
 
 from cir.logs import setup_logging
 
@@ -54,10 +59,66 @@ def _describe(err: OmegaConfBaseException, origin: str) -> str:
     return f"{origin}: config key `{key}`: {first}"
 
 
+def _split_list(text: str) -> list[str]:
+    """`[a, b-{0..3}.tar]` -> ["a", "b-{0..3}.tar"]: commas inside braces or quotes do not split."""
+    items, depth, quote, start = [], 0, "", 1
+    for i, char in enumerate(text[1:-1], 1):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:-1])
+    return [item.strip() for item in items if item.strip()]
+
+
+def _list_item(text: str) -> Any:
+    """A YAML scalar, or the text itself where YAML reads a brace pattern as a mapping or fails on it."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip("'\"")
+    return text.strip("'\"") if isinstance(value, (dict, list)) or value is None else value
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """`key=value` strings as OmegaConf.from_dotlist reads them, except that a list holding shard brace patterns
+    (`data.train_shards=[/p/tune-{000000..000003}.tar]`, which YAML reads as a broken mapping) is a list of strings."""
+    layer = OmegaConf.create()
+    for override in overrides:
+        try:
+            layer = OmegaConf.merge(layer, OmegaConf.from_dotlist([override]))
+            continue
+        except yaml.YAMLError as err:
+            key, value = override.split("=", 1)
+            if not (value.startswith("[") and value.endswith("]")):
+                raise ConfigError(f"command line: config key `{key}`: cannot parse {value!r} "
+                                  f"({str(err).splitlines()[0]}); quote it: {key}='\"{value}\"'") from None
+        OmegaConf.update(layer, key, [_list_item(item) for item in _split_list(value)], force_add=True)
+    return layer
+
+
+def check_finite(cfg: DictConfig | ListConfig, prefix: str = "") -> None:
+    """inf and nan parse as floats (`optim.lr=inf`) but are never a setting: name the key."""
+    items = cfg.items() if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, value in items:
+        name = f"{prefix}.{key}" if isinstance(cfg, DictConfig) and prefix else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, (DictConfig, ListConfig)):
+            check_finite(value, name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key `{name}`: expected a finite number, got {value}")
+
+
 def _merge(schema: DictConfig, layer: DictConfig | list[str], origin: str) -> DictConfig:
     try:
         if isinstance(layer, list):
-            layer = OmegaConf.from_dotlist(layer)
+            layer = parse_overrides(layer)
         return OmegaConf.merge(schema, layer)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, origin)) from err
@@ -96,6 +157,7 @@ def load_config(
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, "interpolation")) from err
+    check_finite(cfg)
     return cfg
 
 
@@ -122,6 +184,10 @@ def to_yaml(cfg: DictConfig | ListConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+# A full disk, a quota, a read-only or forbidden location: the user's to fix, said in one line (naming the file).
+FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
     """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -136,8 +202,8 @@ def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | 
     overrides = args[1:] if path is not None else args
     try:
         main(path, overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        if debug:
+    except (ConfigError, FileNotFoundError, AnnotationError, OSError) as err:
+        if debug or (type(err) is OSError and err.errno not in FILESYSTEM_ERRNOS):
             raise
         print(f"error: {err}", file=sys.stderr)
         print("(rerun with --debug for the traceback)", file=sys.stderr)

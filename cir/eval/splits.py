@@ -26,7 +26,7 @@ def benchmark_splits(bench_cfg: BenchmarkConfig | DictConfig, split: str | None 
         if missing:
             shown = ", ".join(str(bench.image_path(m)) for m in missing[:3])
             raise FileNotFoundError(
-                f"{bench.name}/{bench.split}: {len(missing)} image file(s) missing under data.root={bench_cfg.root}"
+                f"{bench.name}/{bench.split}: {len(missing)} image file(s) missing or empty under data.root={bench_cfg.root}"
                 f" (e.g. {shown})"
             )
     return benches

@@ -33,14 +33,22 @@ __all__ = [
 
 
 def missing_images(benchmark: CIRBenchmark) -> list[str]:
-    """Ids of gallery and reference images with no path or no file, so evaluation can name them before encoding.
+    """Ids of gallery and reference images with no path, no file or an empty file (a failed download), so
+    evaluation can name them before encoding instead of failing on them midway.
 
     Loaders never stat images (a 123k-image gallery must load in seconds); this does, on demand.
     """
     needed = dict.fromkeys(benchmark.gallery)
     needed.update(dict.fromkeys(query.reference for query in benchmark.queries))
     paths = benchmark.image_paths
-    return [image_id for image_id in needed if image_id not in paths or not paths[image_id].is_file()]
+    return [image_id for image_id in needed if image_id not in paths or not _nonempty_file(paths[image_id])]
+
+
+def _nonempty_file(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0 and path.is_file()
+    except OSError:
+        return False
 
 
 def load_benchmarks(name: str, root: str | Path, split: str, **options: Any) -> list[CIRBenchmark]:
