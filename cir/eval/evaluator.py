@@ -73,7 +73,7 @@ class BenchmarkEvaluator:
         self.collectors = {}
         for i, entry in enumerate(self.entries):
             entry.key = cache_key(fingerprint, entry.bench, entry.index, preprocess)
-            entry.feats = self.cache.load(entry.bench, entry.key)
+            entry.feats = self.cache.load(entry.bench, entry.key, (len(entry.index.image_ids), len(entry.index.texts)))
             if entry.feats is not None:
                 log.info("%s/%s: features from cache %s", entry.bench.name, entry.bench.split, self.cache.path(entry.bench, entry.key))
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from cir.data.images import ImageDataset
 from cir.distributed import gather_cat
 from cir.io import atomic_path
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a checksum of their tables
+log = logging.getLogger(__name__)
 
 # Whether each benchmark's official protocol removes the query's reference image from the candidates.
 # CIRR: yes. SEARLE src/validate.py cirr_compute_val_metrics and src/generate_test_submission.py
@@ -188,8 +190,22 @@ def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, preproces
     return h.hexdigest()[:24]
 
 
+def table_digest(image: torch.Tensor, text: torch.Tensor) -> str:
+    """sha256 of both fp16 tables' bytes: overwritten bytes in a cache file change it."""
+    h = hashlib.sha256()
+    for table in (image, text):
+        h.update(str(tuple(table.shape)).encode())
+        h.update(table.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class FeatureCache:
-    """Features on disk under `root/<name>-<split>-<key>.pt`, reused across runs."""
+    """Features on disk under `root/<name>-<split>-<key>.pt`, reused across runs.
+
+    An entry carries its tables' shapes and checksum; one that does not open, does not match
+    them, or has other row counts than the split needs is logged with its path and re-encoded.
+    A failed save (a full disk) is a warning: the evaluation goes on with the features in memory.
+    """
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = Path(root).expanduser() if root else None
@@ -197,17 +213,35 @@ class FeatureCache:
     def path(self, bench: CIRBenchmark, key: str) -> Path | None:
         return self.root / f"{bench.name}-{bench.split}-{key}.pt" if self.root else None
 
-    def load(self, bench: CIRBenchmark, key: str) -> Features | None:
+    def load(self, bench: CIRBenchmark, key: str, rows: tuple[int, int] | None = None) -> Features | None:
+        """The cached tables, or None; `rows`: the (image, text) row counts the split needs."""
         path = self.path(bench, key)
         if path is None or not path.is_file():
             return None
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if data.get("key") != key:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            image, text = data["image"], data["text"]
+            problem = (
+                "it holds another entry" if data["key"] != key
+                else "its tables do not match their checksum" if data["sha256"] != table_digest(image, text)
+                else f"it has {image.shape[0]} image / {text.shape[0]} text rows, the split needs {rows[0]} / {rows[1]}"
+                if rows is not None and (image.shape[0], text.shape[0]) != tuple(rows) else None
+            )
+        except Exception as err:  # noqa: BLE001 - a truncated or foreign file raises whatever its reader raises
+            problem = f"it does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if problem is not None:
+            log.warning("feature cache %s is damaged (%s): encoding again", path, problem)
             return None
-        return Features(image=data["image"].float(), text=data["text"].float())
+        return Features(image=image.float(), text=text.float())
 
     def save(self, bench: CIRBenchmark, key: str, feats: Features) -> None:
         path = self.path(bench, key)
-        if path is not None:
+        if path is None:
+            return
+        image, text = feats.image.half().cpu(), feats.text.half().cpu()
+        try:
             with atomic_path(path) as tmp:
-                torch.save({"key": key, "image": feats.image.half().cpu(), "text": feats.text.half().cpu()}, tmp)
+                torch.save({"key": key, "image": image, "text": text, "sha256": table_digest(image, text)}, tmp)
+        except OSError as err:
+            log.warning("could not write the feature cache %s (%s): going on with the features in memory", path,
+                        err.strerror or err)
