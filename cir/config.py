@@ -21,7 +21,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cir.data.benchmarks.annotations import AnnotationError
-
 from cir.logs import setup_logging
 
 BASE_KEY = "base"

@@ -71,7 +71,7 @@ class RunLock:
         self.holder_path = self.out / HOLDER_NAME
         self.lock = FileLock(self.out / LOCK_NAME, timeout=0, is_singleton=False)
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self) -> None:
         me = this_process()
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"config key `output_dir`: {self.out} is a file, not a folder")
@@ -88,7 +88,6 @@ class RunLock:
         except OSError as err:
             raise ConfigError(f"config key `output_dir`: cannot write to {self.out}: {err.strerror or err}") from None
         write_json(self.holder_path, me)
-        return self
 
     def read_holder(self) -> dict[str, Any]:
         try:
