@@ -128,7 +128,8 @@ class TrainDataConfig:
     global_batch_size: int | None = None  # over all devices and accumulated batches; must divide evenly
     num_workers: int = 4
     samples_per_epoch: int | None = None
-    resampled: bool = False
+    resampled: bool = False               # draw shards with replacement, samples_per_epoch a global count (streamed shards)
+    exact_epoch: bool = False             # one pass, every pair at most once, all ranks in step (needs sample counts)
     shuffle_buffer: int = 1000
     text_embeddings: str | None = None
 

@@ -64,6 +64,8 @@ def check_fit_config(cfg: DictConfig) -> None:
     if cfg.data.resampled or cfg.data.samples_per_epoch is not None:
         require(cfg.data.resampled and (cfg.data.samples_per_epoch or 0) > 0, "data.samples_per_epoch",
                 "a positive count together with data.resampled=true", cfg.data.samples_per_epoch)
+    require(not (cfg.data.exact_epoch and cfg.data.resampled), "data.exact_epoch",
+            "false with data.resampled=true (an epoch is either one pass or samples_per_epoch draws)", cfg.data.exact_epoch)
     if cfg.data.text_embeddings:
         require(cfg.task == "tat" and cfg.model.anchor == "text", "data.text_embeddings",
                 "unset unless task=tat with model.anchor=text (cached captions need a frozen text tower)", cfg.data.text_embeddings)
@@ -136,6 +138,27 @@ def skipped_counts(trainer: L.Trainer, module: ContrastiveTask) -> dict[str, int
     return {reason: int(n) for reason, n in zip(SKIP_REASONS, total.tolist())}
 
 
+def check_finished(cfg: DictConfig, trainer: L.Trainer, skipped: dict[str, int]) -> None:
+    """A run the data cut short stops with an error, so it never writes run.json and the export of a finished one.
+
+    trainer.max_steps > 0 asks for that many steps (with trainer.max_epochs=-1 the data is passed over again
+    until then); trainer.max_steps=-1 asks for trainer.max_epochs passes. A callback that stops training before
+    the loader is exhausted ends a run on purpose.
+    """
+    key = "supervised.train" if cfg.task == "supervised" else "data.text_embeddings" if cfg.data.text_embeddings else "data.train_shards"
+    source = OmegaConf.select(cfg, key)
+    if trainer.global_step == 0 and trainer.max_steps != 0:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none counted"
+        raise ConfigError(f"config key `{key}`: no training step: no usable sample in {source} (skipped: {reasons}; "
+                          "see the warnings above)")
+    if 0 < trainer.global_step < trainer.max_steps and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        raise ConfigError(
+            f"config key `trainer.max_steps`: the training data ran out after {trainer.global_step} of {trainer.max_steps} "
+            f"steps ({trainer.current_epoch} epoch(s), trainer.max_epochs={trainer.max_epochs}); set "
+            "trainer.max_epochs=-1 to pass over the data again until max_steps, or trainer.max_steps=-1 to train by epochs"
+        )
+
+
 def fit_and_export(cfg: DictConfig) -> dict | None:
     """The run itself: resume from the newest good checkpoint if its config allows (cir.resume), fit, export."""
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
@@ -160,6 +183,7 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point is not None else None)
     samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
     skipped = skipped_counts(trainer, module)
+    check_finished(cfg, trainer, skipped)
     if trainer.is_global_zero:
         export = export_backbone(module.backbone, out)
         record = module.record()

@@ -7,7 +7,8 @@ TAT freezes the text tower, so a caption's embedding never changes during
 tuning. Each input shard is copied to OUT under its own file name with one more
 entry per sample, KEY (default txtemb.npy: float32[D], L2-normalised, the
 backbone's encode_text of the stripped caption); samples without a caption are
-left out and counted. OUT/text_embeddings.json, written last, records the
+left out and counted. OUT/sizes.json gets each output shard's sample count (for
+exact epochs). OUT/text_embeddings.json, written last, records the
 backbone's identity (model config name, pretrained, weights fingerprint), the
 key, the dimension and the shard names. Readers call load_text_embedding_meta
 and check_backbone_identity, then give image_text_pipeline(meta.urls,
@@ -37,6 +38,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from cir.data.shard_sizes import write_sizes
 from cir.data.shards import CAPTION_KEY, SkipStats, expand_shard_urls
 from cir.models import Backbone, create_backbone
 
@@ -188,12 +190,15 @@ def embed_shards(
     identity = backbone_identity(backbone)
     backbone.eval().to(device)
     stats = SkipStats()
-    samples, dim = 0, 0
+    sizes: dict[str, int] = {}
+    dim = 0
     for url, name in tqdm(list(zip(shard_urls, names)), unit="shard", desc="embedding captions"):
-        written, shard_dim = _embed_shard(url, out / name, backbone, key=key, batch_size=batch_size, device=device, stats=stats)
-        samples, dim = samples + written, shard_dim or dim
+        sizes[name], shard_dim = _embed_shard(url, out / name, backbone, key=key, batch_size=batch_size, device=device, stats=stats)
+        dim = shard_dim or dim
+    samples = sum(sizes.values())
     if samples == 0:
         raise ValueError(f"no sample with a caption in {urls!r} ({stats.counts})")
+    write_sizes(out, sizes)
     meta = TextEmbeddingMeta(
         **identity, dim=dim, key=key, samples=samples, shards=tuple(names),
         source=urls if isinstance(urls, str) else "::".join(urls),

@@ -24,6 +24,7 @@ class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
         num_workers: int,
         *,
         resampled: bool = False,
+        exact_epoch: bool = False,
         samples_per_epoch: int | None = None,
         shuffle_buffer: int = 1000,
         seed: int = 0,
@@ -36,6 +37,7 @@ class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.resampled = resampled
+        self.exact_epoch = exact_epoch
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
@@ -43,23 +45,27 @@ class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        if world_size > 1 and not self.resampled:
+        if world_size > 1 and not (self.resampled or self.exact_epoch):
             # Shards split by rank give ranks different batch counts, and DDP would hang at the first missing step.
             raise ConfigError(
-                f"config key `data.resampled`: {world_size} processes need data.resampled=true with "
-                "data.samples_per_epoch, so every rank draws the same number of batches"
+                f"config key `data.exact_epoch`: {world_size} processes need data.exact_epoch=true (one pass, ranks in step) "
+                "or data.resampled=true with data.samples_per_epoch, so every rank makes the same number of batches"
             )
-        pipeline = image_text_pipeline(
-            self.train_shards,
-            image_transform=self.image_transform,
-            tokenize=None if self.text_embedding_key else self.tokenize,
-            batch_size=self.batch_size,
-            resampled=self.resampled,
-            samples_per_epoch=self.samples_per_epoch,
-            shuffle_buffer=self.shuffle_buffer,
-            seed=self.seed,
-            text_embedding_key=self.text_embedding_key,
-        )
+        try:
+            pipeline = image_text_pipeline(
+                self.train_shards,
+                image_transform=self.image_transform,
+                tokenize=None if self.text_embedding_key else self.tokenize,
+                batch_size=self.batch_size,
+                resampled=self.resampled,
+                exact_epoch=self.exact_epoch,
+                samples_per_epoch=self.samples_per_epoch,
+                shuffle_buffer=self.shuffle_buffer,
+                seed=self.seed,
+                text_embedding_key=self.text_embedding_key,
+            )
+        except ValueError as err:  # no usable shard counts: a data problem the user fixes in the config
+            raise ConfigError(f"config key `data.train_shards`: {err}") from None
         pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         loader = image_text_loader(pipeline, self.num_workers, pin_memory=pin)
         if self.trainer is not None:

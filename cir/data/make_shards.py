@@ -16,8 +16,10 @@ formats are re-encoded losslessly as png), txt (the caption) and json (caption,
 source image path, size, LLaVA id). Missing or unreadable images, empty
 captions and malformed rows are skipped and reported at the end with counts
 and examples. Shards are written as OUT/PREFIX-000000.tar.partial and renamed
-when complete; OUT/PREFIX.manifest.json is written last. Rerunning refuses to
-touch existing PREFIX files unless --overwrite, which deletes them first.
+when complete; OUT/sizes.json gets each shard's sample count (what an exact
+epoch reads, see cir.data.shard_sizes) and OUT/PREFIX.manifest.json is written
+last. Rerunning refuses to touch existing PREFIX files unless --overwrite, which
+deletes them first.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
+
+from cir.data.shard_sizes import remove_sizes, write_sizes
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +223,11 @@ def write_shards(
         raise FileExistsError(f"{out} already holds {len(existing)} {prefix!r} files (e.g. {existing[0].name}); pass --overwrite to replace them")
     for path in existing:
         path.unlink()
+    remove_sizes(out, [p.name for p in existing])
     out.mkdir(parents=True, exist_ok=True)
     report = ConversionReport()
     written = 0
+    sizes: dict[str, int] = {}
     sink = wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0, opener=_partial_name, post=_publish)
     try:
         for record in tqdm(records, total=total, unit="sample", desc=f"{prefix} shards"):
@@ -229,6 +235,8 @@ def write_shards(
             if sample is not None:
                 sink.write(sample)
                 written += 1
+                name = os.path.basename(sink.fname)
+                sizes[name] = sizes.get(name, 0) + 1
         num_shards = sink.shard
     except BaseException:
         sink.post = None
@@ -241,6 +249,7 @@ def write_shards(
         for path in _shard_files(out, prefix):
             path.unlink()
         raise ValueError(f"no sample could be written from {source}\n{report.summary()}")
+    write_sizes(out, sizes)
     manifest = {
         "samples": written,
         "shards": num_shards,

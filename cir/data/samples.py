@@ -17,7 +17,6 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from webdataset.utils import PipelineStage
 
 from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
@@ -165,26 +164,27 @@ class ToImageText(PipelineStage):
         return itertools.islice(self._samples(src, skip), share - skip)
 
     def _samples(self, src: Iterable[dict[str, Any]], skip: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
-        """The converted samples after `skip` usable ones (skipped unconverted; skips among them were counted before)."""
+        """The converted samples after `skip` usable ones (passed over uncounted: skips among them were counted before)."""
         src = iter(src)
         while skip > 0:
             sample = next(src, None)
             if sample is None:
                 return
-            skip -= self._looks_usable(sample)
+            skip -= self._usable(sample)
         yield from self._convert(src)
 
-    def _looks_usable(self, sample: dict[str, Any]) -> bool:
-        """What _convert would accept, judged from the caption and the image header (no decoding, no counting)."""
-        key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if key is None:
-            return False
+    def _usable(self, sample: dict[str, Any]) -> bool:
+        """Whether _convert accepts the sample, by the same decoding and checks (nothing counted).
+
+        Judging by less (the image header, say) would pass a truncated JPEG that
+        training skipped, and shift every later batch of a resumed run by one.
+        """
         try:
             self._text(sample)
-            with Image.open(io.BytesIO(sample[key])):
-                return True
-        except (_Skip, OSError, ValueError, Image.DecompressionBombError):
+            self._image(sample)
+        except _Skip:
             return False
+        return True
 
     def _convert(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         reported, reported_total = self.stats.vector(), self.stats.total

@@ -7,11 +7,13 @@ skipped, logged and counted (per reason in `SkipStats`, and per batch in
 `ImageTextBatch.skipped`, since worker processes keep their own stats); a bad
 sample or an unreadable shard never ends a run.
 
-Multi-GPU: without resampling, shards are split by rank then by worker
+Epochs: by default one pass over the shards, split by rank then by worker
 (webdataset's split_by_node / split_by_worker); ranks can then get different
-numbers of batches, which stalls DDP. With resampling, every (rank, worker) draws
-shards with replacement from its own seed and yields a fixed share of the epoch,
-so every rank yields the same number of batches.
+numbers of batches, which stalls DDP, so this is for one process only. An exact
+epoch (cir.data.exact_epoch) is one pass in which every rank yields the same
+number of batches, from the shards' sample counts (cir.data.shard_sizes). With
+resampling, every (rank, worker) draws shards with replacement from its own seed
+and yields a fixed share of an epoch of samples_per_epoch samples.
 
 Resuming: an epoch's stream is a function of (seed, rank, worker, epoch), so a
 resumed run regenerates the interrupted epoch and passes over the batches it had
@@ -33,6 +35,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
 from cir.data.epochs import EpochPlan, SplitByWorker, batches_per_rank
+from cir.data.exact_epoch import ExactEpochLayout, ExactEpochSamples, exact_epoch_layout
 from cir.data.samples import (
     CAPTION_KEY,
     IMAGE_KEYS,
@@ -42,6 +45,7 @@ from cir.data.samples import (
     ToImageText,
     collate,
 )
+from cir.data.shard_sizes import shard_sizes
 
 __all__ = ["CAPTION_KEY", "IMAGE_KEYS", "SKIP_REASONS", "ImageTextBatch", "SkipStats", "expand_shard_urls",
            "image_text_loader", "image_text_pipeline"]
@@ -53,13 +57,14 @@ class ImageTextPipeline(wds.DataPipeline):
     """A DataPipeline of ImageTextBatch that also carries what its loader needs to know."""
 
     def __init__(self, *stages: Any, plan: EpochPlan, skip_stats: SkipStats, batch_size: int,
-                 samples_per_epoch: int | None, num_shards: int) -> None:
+                 samples_per_epoch: int | None, num_shards: int, exact: ExactEpochLayout | None = None) -> None:
         super().__init__(*stages)
         self.plan = plan
         self.skip_stats = skip_stats
         self.batch_size = batch_size
         self.samples_per_epoch = samples_per_epoch
         self.num_shards = num_shards
+        self.exact = exact
 
     def resume(self, epoch: int, batches: int) -> None:
         """Make the next iteration epoch `epoch` (same shards and shuffles), minus its first `batches` batches.
@@ -68,7 +73,7 @@ class ImageTextPipeline(wds.DataPipeline):
         The shard sampler and the shuffles count epochs up from -1 at each iteration.
         """
         for stage in self.pipeline:
-            if isinstance(stage, (wds.ResampledShards, wds.detshuffle)):
+            if isinstance(stage, (wds.ResampledShards, wds.detshuffle, ExactEpochSamples)):
                 stage.epoch = epoch - 1
         self.plan.resume_batches = batches
 
@@ -96,6 +101,7 @@ def image_text_pipeline(
     tokenize: Callable[[list[str]], torch.Tensor] | None,
     batch_size: int,
     resampled: bool = False,
+    exact_epoch: bool = False,
     samples_per_epoch: int | None = None,
     shuffle_buffer: int = 1000,
     seed: int = 0,
@@ -108,7 +114,9 @@ def image_text_pipeline(
     FloatTensor[3, H, W]; tokenize maps a list of captions to LongTensor[B, L] and
     must be None when text_embedding_key is given (no text tower is involved then).
     resampled=True draws shards with replacement, forever, and needs
-    samples_per_epoch (global, over all ranks). shuffle_buffer=0 keeps the shard
+    samples_per_epoch (global, over all ranks). exact_epoch=True makes an epoch one
+    pass in which every rank yields the same batches (the ranks' number is read
+    here: build the pipeline once the process group exists). shuffle_buffer=0 keeps the shard
     and sample order (no shuffling). Shuffles and resampling are seeded by seed,
     rank, worker and epoch (epochs advance with persistent workers, as
     image_text_loader sets them up).
@@ -123,29 +131,43 @@ def image_text_pipeline(
         raise ValueError(f"resampled=True needs samples_per_epoch >= 1 (an epoch never ends otherwise), got {samples_per_epoch}")
     if not resampled and samples_per_epoch is not None:
         raise ValueError("samples_per_epoch applies to resampled=True only; without resampling an epoch is one pass over the shards")
+    if resampled and exact_epoch:
+        raise ValueError("give at most one of resampled (draws with replacement) and exact_epoch (one pass)")
     shard_urls = expand_shard_urls(urls)
     stats = SkipStats()
     plan = EpochPlan()
-    if resampled:
-        shards: list[Any] = [wds.ResampledShards(shard_urls, seed=seed, worker_seed=plan.seed, deterministic=True)]
+    exact = None
+    if exact_epoch:
+        sizes = shard_sizes(shard_urls)
+        exact = exact_epoch_layout(sizes, pytorch_worker_info()[1])
+        if exact.per_rank == 0:
+            empty = [u for u, n in zip(shard_urls, sizes) if n == 0]
+            raise ValueError(f"{exact.samples} samples in {len(shard_urls)} shards, fewer than the {exact.world_size} ranks "
+                             f"(empty or not a tar: {', '.join(empty[:5]) or 'none'})")
+        samples_per_epoch = exact.per_rank * exact.world_size
+        stages: list[Any] = [ExactEpochSamples(shard_urls, sizes, plan, batch_size=batch_size, seed=seed,
+                                               shuffle_buffer=shuffle_buffer, handler=stats.shard_error)]
+    elif resampled:
+        stages = [wds.ResampledShards(shard_urls, seed=seed, worker_seed=plan.seed, deterministic=True)]
     else:
-        shards = [
+        stages = [
             wds.SimpleShardList(shard_urls),
             wds.detshuffle(len(shard_urls), seed=seed) if shuffle_buffer else None,
             wds.split_by_node,
             SplitByWorker(plan),
         ]
+    if not exact_epoch:
+        stages += [wds.tarfile_to_samples(handler=stats.shard_error), wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None]
     return ImageTextPipeline(
-        *shards,
-        wds.tarfile_to_samples(handler=stats.shard_error),
-        wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None,
-        ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch if resampled else None),
+        *stages,
+        ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch),
         wds.batched(batch_size, collation_fn=functools.partial(collate, tokenize=tokenize), partial=True),
         plan=plan,
         skip_stats=stats,
         batch_size=batch_size,
         samples_per_epoch=samples_per_epoch,
         num_shards=len(shard_urls),
+        exact=exact,
     )
 
 
@@ -189,7 +211,7 @@ def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memo
 
     Rank and world size come from RANK / WORLD_SIZE when both are set (torchrun,
     SLURM), else from torch.distributed once initialised (Lightning DDP), read
-    here in the parent. A resampled loader has a length: the batches every rank yields.
+    here in the parent. A resampled or exact-epoch loader has a length: the batches every rank yields.
     """
     rank, world_size, _, _ = pytorch_worker_info()
     loader = ResumableLoader(
@@ -201,11 +223,13 @@ def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memo
         pin_memory=pin_memory,
         worker_init_fn=functools.partial(_pin_rank, rank, world_size),
     )
+    if pipeline.exact is not None and rank == 0:
+        log.info("%s", pipeline.exact.summary(num_workers))
     if pipeline.samples_per_epoch is not None:
         return loader.with_length(batches_per_rank(pipeline.samples_per_epoch, pipeline.batch_size, world_size), silent=True)
     streams = world_size * max(num_workers, 1)
     if pipeline.num_shards < streams:
         log.warning("%d shards for %d ranks x workers: some workers get no data", pipeline.num_shards, streams)
     if world_size > 1:
-        log.warning("without resampling, %d ranks can get different numbers of batches; use resampled=True under DDP", world_size)
+        log.warning("a plain pass gives %d ranks different numbers of batches; use exact_epoch=True under DDP", world_size)
     return loader

@@ -127,6 +127,7 @@ def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) 
         cfg.data.batch_size,
         cfg.data.num_workers,
         resampled=cfg.data.resampled,
+        exact_epoch=cfg.data.exact_epoch,
         samples_per_epoch=cfg.data.samples_per_epoch,
         shuffle_buffer=cfg.data.shuffle_buffer,
         seed=cfg.seed,

@@ -17,6 +17,7 @@ from cir.data.embed_text import (
     load_text_embedding_meta,
     main,
 )
+from cir.data.shard_sizes import COUNT_CACHE, count_samples, shard_sizes
 from cir.data.shards import image_text_pipeline
 from cir.models import create_backbone
 
@@ -50,6 +51,9 @@ def test_pipeline_yields_the_backbones_caption_embeddings(tmp_path, shards, back
     assert meta == load_text_embedding_meta(tmp_path / "out")
     assert (meta.samples, meta.dim, meta.shards, meta.skipped) == (6, backbone.embed_dim, ("shard-000000.tar", "shard-000001.tar"), {"missing_caption": 1})
     check_backbone_identity(meta, backbone)
+    assert shard_sizes(meta.urls) == [count_samples(u) for u in meta.urls] and sum(shard_sizes(meta.urls)) == 6
+    assert (tmp_path / "out" / "sizes.json").exists()  # where those came from: no counting cache was needed
+    assert not (tmp_path / "out" / COUNT_CACHE).exists()
 
     pipeline = image_text_pipeline(
         meta.urls, image_transform=backbone.preprocess_val, tokenize=None, batch_size=4, shuffle_buffer=0, text_embedding_key=meta.key

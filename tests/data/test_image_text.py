@@ -30,10 +30,11 @@ class BatchRecorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def run(root, urls, num_workers: int, resampled: bool, ckpt_path: str | None = None) -> list[list[int]]:
+def run(root, urls, num_workers: int, mode: str, ckpt_path: str | None = None) -> list[list[int]]:
     data = ImageTextDataModule(
-        urls, TRANSFORM, tokenize, batch_size=4, num_workers=num_workers, resampled=resampled,
-        samples_per_epoch=4 * BATCHES_PER_EPOCH if resampled else None, shuffle_buffer=8, seed=1,
+        urls, TRANSFORM, tokenize, batch_size=4, num_workers=num_workers, resampled=mode == "resampled",
+        exact_epoch=mode == "exact", samples_per_epoch=4 * BATCHES_PER_EPOCH if mode == "resampled" else None,
+        shuffle_buffer=8, seed=1,
     )
     module = BatchRecorder()
     trainer = L.Trainer(
@@ -45,13 +46,13 @@ def run(root, urls, num_workers: int, resampled: bool, ckpt_path: str | None = N
     return module.seen
 
 
-@pytest.mark.parametrize(("num_workers", "resampled"), [(0, True), (2, True), (2, False)])
-def test_resumed_run_sees_the_batches_of_the_uninterrupted_run(tmp_path, num_workers, resampled):
-    # 4 shards x 6 samples: without resampling, each of 2 workers reads 2 shards, 3 batches an epoch
+@pytest.mark.parametrize(("num_workers", "mode"), [(0, "resampled"), (2, "resampled"), (2, "plain"), (2, "exact")])
+def test_resumed_run_sees_the_batches_of_the_uninterrupted_run(tmp_path, num_workers, mode):
+    # 4 shards x 6 samples: in a plain or exact epoch, each of 2 workers reads 12 samples, 3 batches an epoch
     (tmp_path / "shards").mkdir()
     urls = make_shards(tmp_path / "shards", num_shards=4, per_shard=6)
-    whole = run(tmp_path / "whole", urls, num_workers, resampled)
+    whole = run(tmp_path / "whole", urls, num_workers, mode)
     assert whole[:BATCHES_PER_EPOCH] != whole[BATCHES_PER_EPOCH:2 * BATCHES_PER_EPOCH]  # epochs differ: a replay would show
     for step in (4, BATCHES_PER_EPOCH, 9):  # mid first epoch, at its end, mid second epoch
-        resumed = run(tmp_path / f"from{step}", urls, num_workers, resampled, str(tmp_path / "whole" / "ckpt" / f"step={step}.ckpt"))
+        resumed = run(tmp_path / f"from{step}", urls, num_workers, mode, str(tmp_path / "whole" / "ckpt" / f"step={step}.ckpt"))
         assert resumed == whole[step:], step

@@ -14,6 +14,7 @@ from PIL import Image
 from webdataset.shardlists import expand_urls
 
 from cir.data.make_shards import Record, main, write_shards
+from cir.data.shard_sizes import count_samples
 from cir.data.shards import image_text_pipeline
 
 
@@ -74,6 +75,8 @@ def check_output(out: Path, images: Path, rows: list[tuple[str, str]], expected_
     names = [Path(u).name for u in expand_urls(manifest["pattern"])]
     assert names == sorted(p.name for p in out.glob("shard-*.tar"))
     assert manifest["shards"] == len(names)
+    sizes = json.loads((out / "sizes.json").read_text())
+    assert sizes == {n: count_samples(out / n) for n in names} and sum(sizes.values()) == manifest["samples"]
     assert not list(out.glob("*.partial"))
     return manifest
 
@@ -138,13 +141,14 @@ def test_rerun_refuses_then_overwrites(tmp_path, images, capsys):
     args = ["cc3m", "--tsv", str(source), "--image-root", str(images), "--out", str(out)]
     main([*args, "--maxcount", "1"])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert len(before) == 5
+    assert len(before) == 6  # 4 one-sample shards, sizes.json, the manifest
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--maxcount", "1"])
     assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     main([*args, "--overwrite"])
-    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard.manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard.manifest.json", "sizes.json"]
+    assert json.loads((out / "sizes.json").read_text()) == {"shard-000000.tar": 4}
     main([*args, "--prefix", "other"])  # another prefix's files are not in the way
     assert (out / "shard-000000.tar").exists() and (out / "other.manifest.json").exists()
 

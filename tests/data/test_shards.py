@@ -205,6 +205,37 @@ def test_resume_passes_over_the_trained_batches_bad_samples_and_all(tmp_path, re
     assert epoch((1, 4)) == second[4:]
 
 
+def undecodable_shard(path: Path) -> str:
+    """Samples whose header parses but whose image does not decode: a truncated JPEG, and a 16 x 16 PNG that is over
+    PIL's decompression-bomb warning limit but under its error limit once the test sets MAX_IMAGE_PIXELS to 200."""
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(noise, format="JPEG")
+    truncated = {"__key__": "000020", "jpg": noise.getvalue()[: -len(noise.getvalue()) // 3], "txt": "20"}
+    big = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(big, format="PNG")
+    between = {"__key__": "000021", "png": big.getvalue(), "txt": "21"}
+    good = [good_sample(i) for i in range(7)]
+    return write(path, [good[0], truncated, good[1], good[2], between, good[3], good[4], good[5], good[6]])
+
+
+@pytest.mark.parametrize("mode", [{}, {"resampled": True, "samples_per_epoch": 13}, {"exact_epoch": True}])
+def test_resume_is_exact_past_images_that_only_fail_when_decoded(tmp_path, monkeypatch, mode):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # the 12 x 10 samples stay under it
+    urls = [undecodable_shard(tmp_path / "bad.tar"), *make_shards(tmp_path, num_shards=1, per_shard=4)]
+    kw = {"image_transform": TRANSFORM, "tokenize": tokenize, "batch_size": 2, "shuffle_buffer": 0, **mode}
+
+    def epoch(batches: int) -> list[list[int]]:
+        pipeline = image_text_pipeline(urls, **kw)
+        pipeline.resume(0, batches)
+        return [b.texts[:, 0].tolist() for b in pipeline]
+
+    pipeline = image_text_pipeline(urls, **kw)
+    whole = [b.texts[:, 0].tolist() for b in pipeline]
+    assert 20 not in sum(whole, []) and 21 not in sum(whole, []) and pipeline.skip_stats.counts["bad_image"] >= 2
+    for batches in range(1, len(whole)):
+        assert epoch(batches) == whole[batches:], batches
+
+
 def test_a_long_run_of_skips_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(samples, "MAX_CONSECUTIVE_SKIPS", 3)
     url = write(tmp_path / "x.tar", [{"__key__": f"{i:06d}", "txt": "1"} for i in range(5)])

@@ -22,7 +22,8 @@ from cir.tasks.tat import TextAnchoredTuning
 
 TINY = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=16",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", "optim.lr=3e-3", "optim.warmup_steps=2", "model.lora.dropout=0.0"]
+        "trainer.log_every_n_steps=1", "optim.lr=3e-3", "optim.warmup_steps=2", "model.lora.dropout=0.0",
+        "trainer.max_epochs=-1"]  # runs are max_steps long: the data is passed over as often as that takes
 
 
 def run_fit(out: Path, shards: str, *extra: str) -> Path:
