@@ -6,6 +6,7 @@ and system fonts instead of the theme's web fonts.
 """
 
 import os
+import warnings
 
 from cir.browse.browser import BENCHMARK, PAGE_ERRORS, SOURCES, UPLOAD, Browser
 from cir.browse.session import SHOW
@@ -54,6 +55,9 @@ def build(browser: Browser):
             with gr.Column(scale=3):
                 results = gr.HTML(elem_id="cir-results")
         with gr.Accordion("Where the two models disagree most (target rank)", open=len(browser.galleries) > 1):
+            with gr.Row():
+                compare = gr.Button("Rank every query at the current composition", elem_id="cir-compare", scale=0)
+                setting = gr.Markdown(elem_id="cir-setting")
             table = gr.Dataframe(headers=["row", "query", "caption", "rank A", "rank B"], interactive=False, elem_id="cir-disagree")
         with gr.Accordion("Gallery", open=False):
             folder = gr.Textbox(label="Folder of images (empty: the configured benchmark split)", elem_id="cir-folder")
@@ -92,8 +96,13 @@ def build(browser: Browser):
         query.select(lambda: BENCHMARK, None, source)
         for trigger in (search.submit, show.change):
             trigger(choices, [search, show, method, alpha], query)
-        for trigger in (method.change, alpha.release, page.load):
-            trigger(browser.disagreement_rows, [method, alpha], table)
+        def disagree(method_name, alpha_value):
+            rows = browser.disagreement_rows(method_name, alpha_value)
+            return rows, f"click a row to show it · ranked at {browser.composition(method_name, alpha_value)}"
+
+        # Every query under both models (seconds on CIRCO's gallery): on demand, not on each slider move.
+        for trigger in (compare.click, page.load):
+            trigger(disagree, [method, alpha], [table, setting])
         table.select(pick, table, [source, query])
         export.click(export_png, inputs, exported)
         load.click(open_gallery, folder, [status, title, query, source]).then(browser.show, inputs, results)
@@ -105,6 +114,9 @@ def launch(browser: Browser, host: str, port: int, block: bool = True):
     """Serve the page on host:port and print its address; with block=False return the running page."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
+
+    # Gradio's queue calls pandas APIs that pandas 3 deprecates: notices about Gradio's code, not a fault of the page.
+    warnings.filterwarnings("ignore", module="gradio.queueing")
 
     page = build(browser)
     theme = gr.themes.Soft(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])

@@ -125,11 +125,15 @@ class Browser:
             queries = [upload_query(g.backbone, reference, caption or "", method) for g in self.galleries]
         else:
             raise QueryError(f"unknown query source {source!r}: one of {', '.join(SOURCES)}")
-        shown = method_key(method, slerp_alpha(method, alpha))
         answers = []
         for g, q in zip(self.galleries, queries):
-            answers.append((g, search(g, q, method, alpha, self.top_k, self.depth), f"{g.label} · {shown}"))
+            answers.append((g, search(g, q, method, alpha, self.top_k, self.depth), f"{g.label} · {self.composition(method, alpha)}"))
         return reference, caption, answers
+
+    @staticmethod
+    def composition(method: str, alpha: float) -> str:
+        """The method as metrics.json names it: 'sum', 'slerp_a0.8'."""
+        return method_key(method, slerp_alpha(method, alpha))
 
     def show(self, source: str, row: int | None, upload: str | None, caption: str, method: str, alpha: float) -> str:
         """The result panel's HTML, or a message saying what to fix."""
@@ -144,7 +148,7 @@ class Browser:
         """The shown panel as a PNG file (raises QueryError and friends; the page turns them into a message)."""
         reference, caption, answers = self.answers(source, row, upload, caption, method, alpha)
         name = f"query-{row}" if source == BENCHMARK else "upload"
-        path = self.exports / f"{name}-{method_key(method, slerp_alpha(method, alpha))}.png"
+        path = self.exports / f"{name}-{self.composition(method, alpha)}.png"
         return render.panel_png(path, reference, caption, answers, self.depth)
 
     def disagreement_rows(self, method: str, alpha: float, limit: int = 50) -> list[list]:
