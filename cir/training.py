@@ -148,6 +148,9 @@ def check_finished(cfg: DictConfig, trainer: L.Trainer, skipped: dict[str, int])
     key = "supervised.train" if cfg.task == "supervised" else "data.text_embeddings" if cfg.data.text_embeddings else "data.train_shards"
     source = OmegaConf.select(cfg, key)
     if trainer.global_step == 0 and trainer.max_steps != 0:
+        if trainer.is_global_zero:  # Lightning saved last.ckpt at the empty epoch's end: a rerun would "resume" past it
+            for path in (Path(cfg.output_dir) / "checkpoints").glob("*.ckpt"):
+                path.unlink()
         reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none counted"
         raise ConfigError(f"config key `{key}`: no training step: no usable sample in {source} (skipped: {reasons}; "
                           "see the warnings above)")

@@ -33,6 +33,7 @@ def test_shards_without_a_usable_sample_stop_the_run_naming_them(tmp_path, capsy
     code, err = fit_cli(tmp_path / "run", str(shard), "trainer.max_steps=4", capsys=capsys)
     assert code == 2 and f"{name}.tar" in err and "no usable sample" in err and "Traceback" not in err
     assert not finished(tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # nothing for a rerun with the right shards to "resume" past
 
 
 def test_exact_epoch_refuses_shards_without_samples_before_training(tmp_path, capsys):
