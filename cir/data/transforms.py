@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import (
     Compose,
@@ -89,7 +90,10 @@ class Uint8RandomResizedCrop:
     takes_encoded = True
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
-        pixels = pil_to_uint8(image.convert("RGB")) if isinstance(image, Image.Image) else decode_rgb(image)
+        return self.resized_crop(pil_to_uint8(image.convert("RGB")) if isinstance(image, Image.Image) else decode_rgb(image))
+
+    def resized_crop(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> a random crop resized to `size`, uint8 in channels-last memory."""
         top, left, height, width = RandomResizedCrop.get_params(pixels, list(self.scale), list(self.ratio))
         # Channels-last memory selects torch's vectorised uint8 kernel (a crop of a channels-last image is not).
         crop = pixels[None, :, top : top + height, left : left + width].contiguous(memory_format=torch.channels_last)
@@ -121,8 +125,10 @@ def uint8_version(transform: Callable) -> Uint8RandomResizedCrop | None:
 
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """torch.stack, except that channels-last uint8 images stay channels-last (one contiguous copy, no gather)."""
+    """One batch tensor, as torch's default_collate stacks it: in a DataLoader worker straight into shared memory
+    (else the batch is copied there again on its way to the main process). Channels-last uint8 images stay
+    channels-last: one contiguous copy instead of a strided gather."""
     first = images[0]
     if first.dtype == torch.uint8 and first.ndim == 3 and first.stride(0) == 1:
-        return torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-    return torch.stack(list(images))
+        return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return default_collate(list(images))

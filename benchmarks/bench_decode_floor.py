@@ -1,0 +1,224 @@
+"""The training loader's CPU time per sample against decoding alone (the floor), on 256 px JPEG photos.
+
+    python benchmarks/bench_decode_floor.py [--rounds 3] [--samples 1000]
+
+Data: benchmarks/photos.py, 4 img2dataset-layout shards of 1,000 distinct 256 px
+JPEGs (quality 95) made from scikit-image's photos (`pip install -e .[bench]`),
+and their copy with cached caption embeddings (cir.data.embed_text, cir-tiny).
+Transform: open_clip's training transform for ViT-B-32 at 224 px (PreprocessCfg
+from its model config: OpenAI mean / std, bicubic; AugmentationCfg defaults:
+RandomResizedCrop scale 0.9-1), as open_clip (`old`), and its uint8 version that
+cir now trains with (`new`, cir.data.transforms; normalised per batch on the device).
+
+Every figure is CPU time (time.process_time, one thread; workers through
+getrusage) divided by the CPU time of decoding the same JPEGs with PIL in the
+same round (the floor), median over rounds:
+  stages   single process, per sample: tar parsing, decode, transform, collate
+           (batches of 128, tokens or cached embeddings), transfer (the batch's
+           trip from a worker to the main process through shared memory), and
+           for `new` the per-batch normalisation (on the GPU in training; here
+           on the CPU, listed apart)
+  loader   the real loader (image_text_loader, 2 workers, resampled), all CPU
+           of the workers and the main process per sample delivered, worker start
+           included; without the shuffle buffer, whose fill (up to 1,000 samples
+           parsed ahead per worker and epoch) is nothing in a real epoch but a
+           large share of a short run
+Target: the loader's CPU per sample at most 1.5x decoding alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import pickle
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from multiprocessing.reduction import ForkingPickler
+
+import common
+
+TARGET = 1.5
+BATCH = 128
+
+
+def cpu(fn: Callable[[], object], repeats: int) -> float:
+    """Least CPU seconds of `repeats` calls (the least disturbed by other jobs on the core)."""
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.process_time()
+        fn()
+        best = min(best, time.process_time() - began)
+    return best
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def transfer(batch) -> None:
+    """A batch's trip from a DataLoader worker to the main process: storage into shared memory, pickled, rebuilt."""
+    pickle.loads(bytes(ForkingPickler.dumps(batch)))
+
+
+@contextlib.contextmanager
+def as_worker():
+    """Make this process look like a DataLoader worker to torch's default_collate (which cir's collate uses), so
+    batches are stacked into shared memory as in the real loader and `transfer` costs what a worker's batch costs."""
+    from torch.utils.data._utils import worker
+
+    worker._worker_info = worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=None)
+    try:
+        yield
+    finally:
+        worker._worker_info = None
+
+
+def vit_b32_transform():
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    config = open_clip.get_model_config("ViT-B-32")
+    preprocess = PreprocessCfg(size=config["vision_cfg"]["image_size"], **(config.get("preprocess_cfg") or {}))
+    return image_transform_v2(preprocess, is_train=True), open_clip.get_tokenizer("ViT-B-32")
+
+
+def stage_costs(samples: list[dict], old, new, tokenize, key: str, url: str, repeats: int) -> dict[str, float]:
+    """CPU seconds per sample of each loading stage, single process."""
+
+
+    with as_worker():
+        return _stage_costs(samples, old, new, tokenize, key, url, repeats)
+
+
+def _stage_costs(samples: list[dict], old, new, tokenize, key: str, url: str, repeats: int) -> dict[str, float]:
+    import torch
+    import webdataset as wds
+    from PIL import Image
+
+    from cir.data.images import load_rgb
+    from cir.data.samples import NpyReader, collate
+    from cir.data.transforms import decode_rgb
+
+    jpegs = [s["jpg"] for s in samples]
+    n = len(jpegs)
+    pil = [load_rgb(io.BytesIO(j)) for j in jpegs]
+    pixels = [decode_rgb(j) for j in jpegs]
+    captions = [s["txt"].decode() for s in samples]
+    reader = NpyReader()
+    embeddings = [torch.from_numpy(reader.load(s[key]).astype("float32")) for s in samples]
+    old_images = [old(p) for p in pil]
+    new_images = [new.resized_crop(p) for p in pixels]
+    zero = torch.zeros(6, dtype=torch.long)
+
+    def batches(images, texts, tokens: bool):
+        return [collate([(i, t, zero) for i, t in zip(images[k : k + BATCH], texts[k : k + BATCH])], tokenize if tokens else None)
+                for k in range(0, n, BATCH)]
+
+    made = {(kind, text): batches(images, texts, text == "tokens")
+            for kind, images in (("old", old_images), ("new", new_images))
+            for text, texts in (("tokens", captions), ("cached", embeddings))}
+    in_shard = sum(1 for _ in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()))
+    stages = {
+        "floor: PIL decode": lambda: [Image.open(io.BytesIO(j)).convert("RGB") for j in jpegs],
+        "tar parsing (webdataset)": lambda: list(wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples())),
+        "old decode (load_rgb, PIL)": lambda: [load_rgb(io.BytesIO(j)) for j in jpegs],
+        "old transform (open_clip, float)": lambda: [old(p) for p in pil],
+        "new decode (decode_rgb, torchvision)": lambda: [decode_rgb(j) for j in jpegs],
+        "new transform (uint8 crop + resize)": lambda: [new.resized_crop(p) for p in pixels],
+        "cached embedding read (NpyReader)": lambda: [reader.load(s[key]) for s in samples],
+    }
+    for (kind, text), made_batches in made.items():
+        texts = captions if text == "tokens" else embeddings
+        images = old_images if kind == "old" else new_images
+        stages[f"{kind} collate, {text}"] = lambda i=images, t=texts, tok=text == "tokens": batches(i, t, tok)
+        stages[f"{kind} transfer, {text}"] = lambda b=made_batches: [transfer(x) for x in b]
+    stages["new normalisation per batch (on the device in training)"] = lambda: [new.to_float(b.images) for b in made["new", "cached"]]
+    costs = {name: cpu(fn, repeats) / n for name, fn in stages.items()}
+    costs["tar parsing (webdataset)"] *= n / in_shard  # it parses the whole shard
+    return costs
+
+
+def loader_cost(urls: list[str], transform, tokenize, key: str | None, samples: int) -> float:
+    """CPU seconds (2 workers + main process) per sample delivered by image_text_loader."""
+    from cir.data.shards import image_text_loader, image_text_pipeline
+
+    pipeline = image_text_pipeline(urls, image_transform=transform, tokenize=None if key else tokenize, batch_size=BATCH,
+                                   resampled=True, samples_per_epoch=samples, text_embedding_key=key, shuffle_buffer=0)
+    loader = image_text_loader(pipeline, num_workers=2)
+    children, main = children_cpu(), time.process_time()
+    delivered = sum(batch.images.shape[0] for batch in loader)
+    del loader
+    gc.collect()  # joins the persistent workers, so getrusage counts them
+    return (children_cpu() - children + time.process_time() - main) / delivered
+
+
+def main() -> int:
+    parser = common.arguments(__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=1000, help="samples per stage measurement (one shard's worth)")
+    parser.add_argument("--loader-samples", type=int, default=2048, help="samples per run of the real loader")
+    parser.add_argument("--repeats", type=int, default=2, help="repeats per stage measurement (least CPU kept)")
+    args = parser.parse_args()
+    common.pin_threads(args.threads)
+    info = common.header("Training loader vs the JPEG decode floor (256 px photos, 224 px input)", args.threads)
+
+    import photos
+    import webdataset as wds
+
+    from cir.data.embed_text import load_text_embedding_meta
+    from cir.data.images import load_rgb
+    from cir.data.transforms import uint8_version
+
+    shards = photos.photo_shards(4000, 1000)
+    meta = load_text_embedding_meta(common.embedded_shards(shards, common.saved_backbone("cir-tiny")))
+    old, tokenize = vit_b32_transform()
+    new = uint8_version(old)
+    samples = list(wds.DataPipeline(wds.SimpleShardList(meta.urls[:1]), wds.tarfile_to_samples()))[: args.samples]
+    jpeg_bytes, width, height = photos.jpeg_sizes(shards[:1])
+    print(f"   data: {len(shards)} shards, mean JPEG {jpeg_bytes / 1000:.1f} kB, {width:.0f} x {height:.0f} px; transform {old}", flush=True)
+
+    stage_rounds: list[dict[str, float]] = []
+
+    def stages() -> float:
+        stage_rounds.append(stage_costs(samples, old, new, tokenize, meta.key, meta.urls[0], args.repeats))
+        return stage_rounds[-1]["floor: PIL decode"] * 1e6
+
+    contenders: dict[str, Callable[[], float]] = {"stages (floor, us/sample)": stages}
+    for kind, transform in (("old", old), ("new", new)):
+        for text, urls, key in (("tokens", shards, None), ("cached", meta.urls, meta.key)):
+            contenders[f"loader {kind} {text} (us/sample)"] = (
+                lambda t=transform, u=urls, k=key: loader_cost(u, t, tokenize, k, args.loader_samples) * 1e6)
+    results = common.interleaved(contenders, args.rounds)
+
+    floors = results["stages (floor, us/sample)"]
+    figures: dict = {}
+    for name in stage_rounds[0]:
+        figures[f"stage / decode floor: {name}"] = statistics.median(r[name] / r["floor: PIL decode"] for r in stage_rounds)
+    for kind in ("old", "new"):
+        for text in ("tokens", "cached"):
+            parts = ["tar parsing (webdataset)", f"{kind} decode" + (" (load_rgb, PIL)" if kind == "old" else " (decode_rgb, torchvision)"),
+                     f"{kind} transform" + (" (open_clip, float)" if kind == "old" else " (uint8 crop + resize)"),
+                     f"{kind} collate, {text}", f"{kind} transfer, {text}"] + (["cached embedding read (NpyReader)"] if text == "cached" else [])
+            figures[f"sum of stages / decode floor: {kind}, {text}"] = statistics.median(
+                sum(r[p] for p in parts) / r["floor: PIL decode"] for r in stage_rounds)
+    verdicts = []
+    for text in ("tokens", "cached"):
+        for kind in ("old", "new"):
+            figures[f"loader (2 workers, all CPU) / decode floor: {kind}, {text}"] = common.median_ratio(
+                results[f"loader {kind} {text} (us/sample)"], floors)
+        ratio = figures[f"loader (2 workers, all CPU) / decode floor: new, {text}"]
+        verdicts.append((ratio <= TARGET, f"{text}: the loader costs {ratio:.2f}x the JPEG decode per sample in CPU (target <= {TARGET}x)"))
+        figures[f"loader CPU per sample, old / new: {text}"] = common.median_ratio(
+            results[f"loader old {text} (us/sample)"], results[f"loader new {text} (us/sample)"])
+    figures["host-to-device bytes per sample, old / new"] = old(load_rgb(io.BytesIO(samples[0]["jpg"]))).nbytes / new(samples[0]["jpg"]).nbytes
+    figures.update({"rounds": args.rounds, "stage samples": len(samples), "loader samples per run": args.loader_samples,
+                    "mean JPEG kB": jpeg_bytes / 1000, "mean width": width, "mean height": height})
+    return common.finish("decode_floor", info, figures, verdicts, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
