@@ -74,6 +74,8 @@ def test_query_slider_upload_and_screenshot(served, tmp_path):
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
             viewport={"width": 1400, "height": 1000})
         tab = chromium.new_page()
+        requests: list[str] = []
+        tab.on("request", lambda request: requests.append(request.url))
         tab.goto(url)
         tab.wait_for_selector("#cir-results .cir-tile")
         # choose a query: its caption heads the panel and its target is framed in model A's row
@@ -115,4 +117,6 @@ def test_query_slider_upload_and_screenshot(served, tmp_path):
         shot = tmp_path / "browse.png"
         tab.screenshot(path=str(shot), full_page=True)
         chromium.close()
+    # offline: no fonts, analytics or scripts from anywhere but the local server
+    assert [r for r in requests if not r.startswith((url, "data:", "blob:"))] == []
     assert shot.read_bytes()[:8] == PNG
