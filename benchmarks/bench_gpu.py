@@ -210,11 +210,14 @@ def loader_part(args, device: str, figures: dict, rates: dict) -> None:
                             f"trainer.accelerator={args.accelerator}")
     module = common.new_tat_module(cfg)
     transform = training_transform(cfg, module.backbone)
-    batches = args.steps + args.warmup + 1
+
+    def batches(workers: int) -> int:
+        """Every worker's first batch arrives in one wave after start-up: skip it, then time 3 batches per worker."""
+        return workers + max(3 * workers, args.steps) + 1
 
     def loader(workers: int):
-        pipeline = image_text_pipeline(urls, image_transform=transform, tokenize=module.backbone.tokenize,
-                                       batch_size=args.batch_size, resampled=True, samples_per_epoch=batches * args.batch_size)
+        pipeline = image_text_pipeline(urls, image_transform=transform, tokenize=module.backbone.tokenize, batch_size=args.batch_size,
+                                       resampled=True, samples_per_epoch=batches(workers) * args.batch_size)
         return image_text_loader(pipeline, num_workers=workers, pin_memory=device == "cuda")
 
     def loader_rate(workers: int) -> float:
@@ -223,7 +226,7 @@ def loader_part(args, device: str, figures: dict, rates: dict) -> None:
             ends.append(time.perf_counter())
             samples.append(batch[0].shape[0])
         gc.collect()
-        return common.steady_rate(ends, samples, args.warmup)
+        return common.steady_rate(ends, samples, workers)
 
     best, best_rate = 0, 0.0
     for workers in args.loader_workers:
@@ -241,9 +244,9 @@ def loader_part(args, device: str, figures: dict, rates: dict) -> None:
             moved = tuple(t.to(device, non_blocking=True) for t in batch)
             yield module.on_after_batch_transfer(moved, 0)
 
-    ends, samples = common.bare_loop(module, transferred(), batches, cfg, device=device,
+    ends, samples = common.bare_loop(module, transferred(), batches(best), cfg, device=device,
                                      autocast="bf16" if device == "cuda" else None)
-    fed = common.steady_rate(ends, samples, args.warmup)
+    fed = common.steady_rate(ends, samples, best)
     figures[f"{model} tokens step fed by the loader ({best} workers): samples/s"] = fed
     if step:
         figures[f"{model} tokens step fed by the loader / in memory"] = fed / step

@@ -44,9 +44,10 @@ def linked_images(paths: list[Path], fmt: str, size: tuple[int, int], distinct: 
             source.parent.mkdir(parents=True, exist_ok=True)
             picture(*size, seed=i).save(source, quality=90) if fmt == "jpg" else picture(*size, seed=i).save(source)
         sources.append(source)
+    for parent in {path.parent for path in paths}:
+        parent.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(paths):
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             os.link(sources[i % distinct], path)
 
 
