@@ -20,8 +20,13 @@ def main(path: str | None, overrides: list[str]) -> None:
         raise ConfigError('the page needs Gradio: pip install -e ".[app]"')
     from cir.browse.app import launch
     from cir.browse.browser import open_browser
+    from cir.browse.gallery import GalleryError
 
-    launch(open_browser(cfg), cfg.browse.host, cfg.browse.port)
+    try:
+        browser = open_browser(cfg)
+    except GalleryError as err:  # at start there is no page yet to show it on: one line, as config errors
+        raise ConfigError(str(err)) from err
+    launch(browser, cfg.browse.host, cfg.browse.port)
 
 
 if __name__ == "__main__":

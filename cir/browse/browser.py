@@ -46,7 +46,7 @@ PAGE_ERRORS = (QueryError, GalleryError, OSError, ValueError)
 
 
 class Browser:
-    """Galleries of the same images under one or two models; `reload` swaps them (e.g. for a folder)."""
+    """Galleries of the same images under one or two models; `open_folder` swaps in another gallery."""
 
     def __init__(
         self,
