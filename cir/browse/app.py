@@ -44,12 +44,12 @@ def build(browser: Browser):
                 source = gr.Radio(list(SOURCES), value=BENCHMARK if has_queries else UPLOAD, label="Query from", elem_id="cir-source")
                 search = gr.Textbox(label="Search captions and ids", elem_id="cir-search")
                 show = gr.Radio(list(SHOW), value="all", label="Queries whose target is in the top K", elem_id="cir-show")
-                first = browser.query_choices("", "all", "slerp", 0.8)
+                first = browser.query_choices("", "all", "slerp", browser.alpha)
                 query = gr.Dropdown(first, value=first[0][1] if first else None, label="Benchmark query", elem_id="cir-query")
                 upload = gr.File(label="Or upload a reference image", type="filepath", height=120, elem_id="cir-upload")
                 caption = gr.Textbox(label="Relative caption (for the upload)", elem_id="cir-caption")
                 method = gr.Radio(list(METHODS), value="slerp", label="Composition", elem_id="cir-method")
-                alpha = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="alpha (Slerp: 0 image, 1 text)", elem_id="cir-alpha")
+                alpha = gr.Slider(0.0, 1.0, value=browser.alpha, step=0.05, label="alpha (Slerp: 0 image, 1 text)", elem_id="cir-alpha")
                 export = gr.Button("Export panel as PNG", elem_id="cir-export")
                 exported = gr.File(label="Exported panel", interactive=False, height=60, elem_id="cir-exported")
             with gr.Column(scale=3):
@@ -86,7 +86,7 @@ def build(browser: Browser):
 
         def open_gallery(path):
             message = browser.open_folder(path)
-            picked = browser.query_choices("", "all", "slerp", 0.8)
+            picked = browser.query_choices("", "all", "slerp", browser.alpha)
             source_value = BENCHMARK if browser.bench.queries else UPLOAD
             return message, browser.title(), gr.Dropdown(choices=picked, value=picked[0][1] if picked else None), source_value
 

@@ -38,6 +38,7 @@ from cir.browse.session import (
     upload_query,
 )
 from cir.data.images import load_rgb
+from cir.eval.splits import paper_alpha
 from cir.slerp import method_key
 
 BENCHMARK, UPLOAD = "benchmark query", "upload"
@@ -55,9 +56,11 @@ class Browser:
         depth: int,
         loader: Callable[[str | None], list[Gallery]] | None = None,
         limit: int = 500,
+        alpha: float = 0.8,
     ) -> None:
-        """`loader(folder)` gives the galleries of a folder (None: the configured split), for `open_folder`."""
-        self.top_k, self.depth, self.limit, self.loader = top_k, depth, limit, loader
+        """`loader(folder)` gives the galleries of a folder (None: the configured split), for `open_folder`;
+        `alpha` is the slider's first value (the paper's for the benchmark)."""
+        self.top_k, self.depth, self.limit, self.loader, self.alpha = top_k, depth, limit, loader, alpha
         self.galleries: list[Gallery] = []
         self.ranks: dict[tuple[int, str, float | None], Tensor] = {}
         self.exports = Path(tempfile.mkdtemp(prefix="cir-browse-"))
@@ -181,4 +184,4 @@ def open_browser(cfg: DictConfig) -> Browser:
         bench = folder_benchmark(folder) if folder else benchmark_split(cfg)
         return [encode_gallery(cfg, backbone, bench, label) for backbone, label in zip(backbones, labels)]
 
-    return Browser(load(cfg.browse.folder), cfg.browse.top_k, cfg.browse.rank_depth, loader=load)
+    return Browser(load(cfg.browse.folder), cfg.browse.top_k, cfg.browse.rank_depth, loader=load, alpha=paper_alpha(cfg))

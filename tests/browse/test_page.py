@@ -49,7 +49,7 @@ def served(tmp_path_factory):
         "browse.compare.name=cir-tiny", "browse.compare.pretrained=none", f"browse.port={port}"])
     browser = open_browser(cfg)
     # A random model ranks targets far down: show enough results that the best query's target is among them.
-    ranks = browser.target_ranks(0, "slerp", 0.8)
+    ranks = browser.target_ranks(0, "slerp", browser.alpha)
     row = int(ranks.argmin())
     browser.top_k = int(ranks[row])
     page = launch(browser, "127.0.0.1", port, block=False)
