@@ -4,17 +4,17 @@ The epoch's shards (in a seeded order, new each epoch) are laid end to end as on
 sequence of N samples, and cut into contiguous streams, one per (rank, worker):
 rank r gets samples [r M, (r + 1) M), M = N // R, and its workers split that range
 as a resampled epoch would split M samples (`epoch_share`: full batches but the
-last). A cut can fall inside a shard (two streams then read it, the later one
-passing over the earlier one's samples without decoding them), so no stream
-runs dry while another has shards left: only the last N mod R < R samples are
-left out. Assigning whole shards to streams instead leaves out everything a
+last). A cut can fall inside a shard (two streams then read it: the later one
+seeks to its first sample in a local tar, or reads past the earlier samples of a
+streamed one without decoding them), so no stream runs dry while another has
+shards left: only the last N mod R < R samples are left out. Assigning whole shards to streams instead leaves out everything a
 stream gets beyond the smallest stream's total, and every stream is empty when
 shards are fewer than ranks x workers (200 shards on 64 GPUs x 8 workers).
 
 Bad samples (undecodable images, missing captions) are skipped where they are;
 a stream that loses some reads on into the next stream's samples to fill its
 share, so batch sizes stay equal on every rank (those pairs are then seen twice
-in the epoch, and a warning says how many).
+in the epoch, and a warning says so).
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.utils import PipelineStage
 
 from cir.data.epochs import EpochPlan, epoch_share
+from cir.data.shard_sizes import local_path, sample_offset
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ def stream_start(per_rank: int, batch_size: int, world_size: int, num_workers: i
 
 
 def passed_over(sizes: Sequence[int], per_rank: int, batch_size: int, world_size: int, num_workers: int) -> int:
-    """Samples the streams read but do not use (they start inside a shard): the I/O an exact epoch adds, for this shard order."""
+    """Samples streams start after inside a shard (for this shard order): read and not used when shards are
+    streamed (pipe:, http); local shards seek past them."""
     ends = list(itertools.accumulate(sizes))
     total = 0
     for rank, worker in itertools.product(range(world_size), range(num_workers)):
@@ -126,8 +129,20 @@ class ExactEpochSamples(PipelineStage):
             for index in order:
                 size = self.sizes[index]
                 if offset + size > start:
-                    samples = wds.tarfile_to_samples(handler=self.handler)(iter([{"url": self.urls[index]}]))
-                    for sample in itertools.islice(samples, max(start - offset, 0), None):
+                    for sample in self._shard(self.urls[index], max(start - offset, 0)):
                         read += 1
                         yield sample
                 offset += size
+
+    def _shard(self, url: str, first: int) -> Iterator[dict[str, Any]]:
+        """A shard's samples from number `first` on: a local tar from the byte where that sample starts."""
+        path = local_path(url)
+        offset = sample_offset(path, first) if first and path is not None else None
+        if offset is None:
+            samples = wds.tarfile_to_samples(handler=self.handler)(iter([{"url": url}]))
+            yield from itertools.islice(samples, first, None)
+            return
+        with open(path, "rb") as stream:
+            stream.seek(offset)
+            members = tar_file_expander(iter([{"url": url, "stream": stream}]), handler=self.handler)
+            yield from group_by_keys(members, handler=self.handler)

@@ -45,8 +45,9 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _headers(path: Path) -> Iterator[dict[str, Any]]:
-    """The members webdataset's tar_file_iterator would yield, without their data."""
+def _members(path: Path) -> Iterator[dict[str, Any]]:
+    """The members webdataset's tar_file_iterator would yield, each with its header's byte offset for data
+    (only headers are read: the seekable reader skips the data)."""
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
             name = info.name
@@ -54,7 +55,7 @@ def _headers(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if _SKIP_META.match(name):
                 continue
-            yield {"fname": name, "data": b"", "__url__": str(path)}
+            yield {"fname": name, "data": info.offset, "__url__": str(path)}
 
 
 def count_samples(path: str | Path) -> int:
@@ -63,13 +64,25 @@ def count_samples(path: str | Path) -> int:
     A tar cut short counts the samples before the cut (webdataset reads those, then fails on the shard).
     """
     path = Path(path)
-    keys = []
+    count = 0
     try:
-        for sample in group_by_keys(_headers(path)):
-            keys.append(sample["__key__"])
+        for _ in group_by_keys(_members(path)):
+            count += 1
     except (tarfile.TarError, OSError) as err:
-        log.warning("shard %s is not a readable tar after %d samples (%s): the rest is left out", path, len(keys), err)
-    return len(keys)
+        log.warning("shard %s is not a readable tar after %d samples (%s): the rest is left out", path, count, err)
+    return count
+
+
+def sample_offset(path: str | Path, index: int) -> int | None:
+    """Byte offset in a local tar where sample `index` (as webdataset numbers them) starts; None if it has no such
+    sample or cannot be read. A tar read from there is a valid tar of the samples from `index` on."""
+    try:
+        for i, sample in enumerate(group_by_keys(_members(Path(path)))):
+            if i == index:
+                return min(v for k, v in sample.items() if not k.startswith("__"))
+    except (tarfile.TarError, OSError):
+        return None
+    return None
 
 
 def _stat_key(path: Path) -> list[int]:
@@ -77,7 +90,8 @@ def _stat_key(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _local(url: str) -> Path | None:
+def local_path(url: str) -> Path | None:
+    """The file a shard url names, or None for a streamed one (pipe:, http, ...)."""
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return Path(parsed.path if parsed.scheme else url)
@@ -90,14 +104,14 @@ def shard_sizes(urls: Sequence[str]) -> list[int]:
     folders: dict[Path, dict[str, Any]] = {}
     to_count: dict[Path, list[int]] = {}
     for i, url in enumerate(urls):
-        path = _local(url) or Path(urlparse(url.split()[-1]).path)
+        path = local_path(url) or Path(urlparse(url.split()[-1]).path)
         folder = folders.setdefault(path.parent, _read_json(path.parent / SIZES_FILE) or {})
-        stats = _read_json(path.with_name(path.name.removesuffix(".tar") + "_stats.json")) if _local(url) else None
+        stats = _read_json(path.with_name(path.name.removesuffix(".tar") + "_stats.json")) if local_path(url) else None
         if isinstance(folder.get(path.name), int):
             sizes[i] = folder[path.name]
         elif isinstance(stats, dict) and isinstance(stats.get("successes"), int):
             sizes[i] = stats["successes"]
-        elif _local(url) is None:
+        elif local_path(url) is None:
             raise ValueError(
                 f"the sample count of {url} is unknown: streamed shards need a {SIZES_FILE} beside them "
                 "({shard name: samples}), or use data.resampled=true"
@@ -105,7 +119,7 @@ def shard_sizes(urls: Sequence[str]) -> list[int]:
         else:
             to_count.setdefault(path.parent, []).append(i)
     for folder, indices in to_count.items():
-        _count_folder(folder, [_local(urls[i]) for i in indices], indices, sizes)
+        _count_folder(folder, [local_path(urls[i]) for i in indices], indices, sizes)
     return [int(s) for s in sizes]
 
 

@@ -10,9 +10,15 @@ import pytest
 import torch
 from test_shards import TRANSFORM, good_sample, indices, tokenize, write
 
-from cir.data.epochs import epoch_share
-from cir.data.exact_epoch import exact_epoch_layout, passed_over, stream_start
+from cir.data.epochs import EpochPlan, epoch_share
+from cir.data.exact_epoch import (
+    ExactEpochSamples,
+    exact_epoch_layout,
+    passed_over,
+    stream_start,
+)
 from cir.data.image_text import ImageTextDataModule
+from cir.data.shard_sizes import sample_offset
 from cir.data.shards import image_text_loader, image_text_pipeline
 
 UNEVEN = (7, 1, 12, 3, 9, 5)  # 37 samples
@@ -92,6 +98,19 @@ def test_a_short_stream_fills_in_from_the_next_share(tmp_path, caplog):
     assert "fill in" in caplog.text
 
 
+def test_a_stream_starting_inside_a_local_shard_seeks_to_its_first_sample(tmp_path):
+    url = write(tmp_path / "a.tar", [good_sample(i) for i in range(5)])
+    stage = ExactEpochSamples([url], [5], EpochPlan(), batch_size=2, seed=0, shuffle_buffer=0, handler=lambda exn: False)
+    keys = [s["__key__"] for s in stage._shard(url, 0)]
+    offsets = [sample_offset(url, i) for i in range(6)]
+    assert offsets[0] == 0 and offsets == sorted(offsets[:5]) + [None]  # increasing, none past the end
+    for first in range(1, 5):
+        seeked = list(stage._shard(url, first))
+        streamed = list(stage._shard(f"pipe:cat {url}", first))  # no seeking through a pipe: read and passed over
+        assert [s["__key__"] for s in seeked] == keys[first:]
+        assert [{**s, "__url__": url} for s in streamed] == seeked  # same members, same bytes
+
+
 @pytest.mark.parametrize("content", [b"", b"\0" * 10240, b"this is not a tar file\n" * 40])
 def test_shards_without_samples_are_an_error_naming_them(tmp_path, content):
     (tmp_path / "empty.tar").write_bytes(content)
@@ -122,7 +141,7 @@ class KeyRecorder(L.LightningModule):
 @pytest.mark.ddp
 def test_two_ranks_pass_once_over_uneven_shards_in_step(tmp_path):
     urls = uneven_shards(tmp_path)
-    data = ImageTextDataModule(urls, TRANSFORM, tokenize, batch_size=3, num_workers=1, exact_epoch=True, shuffle_buffer=4, seed=2)
+    data = ImageTextDataModule(urls, TRANSFORM, tokenize, batch_size=3, num_workers=0, exact_epoch=True, shuffle_buffer=4, seed=2)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(KeyRecorder(tmp_path), datamodule=data)
