@@ -11,7 +11,7 @@ RandomResizedCrop scale 0.9-1), as open_clip (`old`), and its uint8 version that
 cir now trains with (`new`, cir.data.transforms; normalised per batch on the device).
 
 Every figure is CPU time (time.process_time, one thread; workers through
-getrusage) divided by the CPU time of decoding the same JPEGs with PIL in the
+/proc) divided by the CPU time of decoding the same JPEGs with PIL in the
 same round (the floor), median over rounds:
   stages   single process, per sample: tar parsing, decode, transform, collate
            (batches of 128, tokens or cached embeddings), transfer (the batch's
@@ -19,10 +19,10 @@ same round (the floor), median over rounds:
            for `new` the per-batch normalisation (on the GPU in training; here
            on the CPU, listed apart)
   loader   the real loader (image_text_loader, 2 workers, resampled), all CPU
-           of the workers and the main process per sample delivered, worker start
-           included; without the shuffle buffer, whose fill (up to 1,000 samples
-           parsed ahead per worker and epoch) is nothing in a real epoch but a
-           large share of a short run
+           of the workers and the main process (/proc) per sample delivered, in
+           the steady state (worker start and epoch end left out); without the
+           shuffle buffer, whose fill (up to 1,000 samples parsed ahead per worker
+           and epoch) is nothing in a real epoch but a large share of a short run
 Target: the loader's CPU per sample at most 1.5x decoding alone.
 """
 
@@ -31,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
 import pickle
-import resource
 import statistics
 import time
 from collections.abc import Callable
 from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
 
 import common
 
@@ -54,9 +55,15 @@ def cpu(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def tree_cpu() -> float:
+    """CPU seconds of this process and its live children (DataLoader workers), from /proc."""
+    pid = os.getpid()
+    total = time.process_time()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def transfer(batch) -> None:
@@ -142,18 +149,31 @@ def _stage_costs(samples: list[dict], old, new, tokenize, key: str, url: str, re
     return costs
 
 
-def loader_cost(urls: list[str], transform, tokenize, key: str | None, samples: int) -> float:
-    """CPU seconds (2 workers + main process) per sample delivered by image_text_loader."""
+def loader_cost(urls: list[str], transform, tokenize, key: str | None, samples: int, warmup: int = 3) -> float:
+    """Steady-state CPU seconds (2 workers + main process) per sample delivered by image_text_loader.
+
+    Counted from the delivery of batch `warmup` to that of the last but one: worker start and the end of the
+    epoch are left out, and the workers are as busy at both ends of the window (they are the bottleneck).
+    """
     from cir.data.shards import image_text_loader, image_text_pipeline
 
     pipeline = image_text_pipeline(urls, image_transform=transform, tokenize=None if key else tokenize, batch_size=BATCH,
                                    resampled=True, samples_per_epoch=samples, text_embedding_key=key, shuffle_buffer=0)
     loader = image_text_loader(pipeline, num_workers=2)
-    children, main = children_cpu(), time.process_time()
-    delivered = sum(batch.images.shape[0] for batch in loader)
+    last = len(loader) - 2
+    if last <= warmup:
+        raise ValueError(f"--loader-samples {samples} gives {len(loader)} batches; need more than {warmup + 2}")
+    delivered, began, ended = 0, 0.0, 0.0
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            began = tree_cpu()
+        elif warmup < i <= last:
+            delivered += batch.images.shape[0]
+            if i == last:
+                ended = tree_cpu()
     del loader
-    gc.collect()  # joins the persistent workers, so getrusage counts them
-    return (children_cpu() - children + time.process_time() - main) / delivered
+    gc.collect()  # shut the persistent workers down here, not in a later fork of this process
+    return (ended - began) / delivered
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ import common
 
 def loader_rate(shards_module, urls: list[str], backbone, batch_size: int, batches: int, warmup: int, key: str | None) -> float:
     pipeline = shards_module.image_text_pipeline(
-        urls, image_transform=backbone.preprocess_train, tokenize=None if key else backbone.tokenize, batch_size=batch_size,
+        urls, image_transform=common.training_images(backbone), tokenize=None if key else backbone.tokenize, batch_size=batch_size,
         resampled=True, samples_per_epoch=(batches + warmup + 1) * batch_size, text_embedding_key=key)
     loader = shards_module.image_text_loader(pipeline, num_workers=2)
     ends, samples = [], []
@@ -51,21 +51,21 @@ def tar_parse_ratio(a: list[str], b: list[str], repeats: int = 3) -> float:
 
 def stage_shares(urls: list[str], key: str, backbone, repeats: int = 3) -> dict[str, float]:
     """Share of one sample's loading cost per stage, single process: where a loader worker's time goes."""
-    import io
 
     import webdataset as wds
 
-    from cir.data.images import load_rgb
     from cir.data.samples import NpyReader
+    from cir.data.transforms import decode_rgb
 
     samples = list(wds.DataPipeline(wds.SimpleShardList(urls[:1]), wds.tarfile_to_samples()))
-    images = [load_rgb(io.BytesIO(s["png"])) for s in samples]
+    images = [decode_rgb(s["png"]) for s in samples]
+    transform = common.training_images(backbone)
     captions = [s["txt"].decode() for s in samples]
     reader = NpyReader()
     stages = {
         "tar parsing (webdataset)": lambda: list(wds.DataPipeline(wds.SimpleShardList(urls[:1]), wds.tarfile_to_samples())),
-        "image decode (load_rgb)": lambda: [load_rgb(io.BytesIO(s["png"])) for s in samples],
-        "image transform (open_clip preprocess_train)": lambda: [backbone.preprocess_train(i) for i in images],
+        "image decode (decode_rgb)": lambda: [decode_rgb(s["png"]) for s in samples],
+        "image transform (open_clip's crop in uint8, cir.data.transforms)": lambda: [transform.resized_crop(i) for i in images],
         "caption tokenisation (per batch of 128)": lambda: [backbone.tokenize(captions[i : i + 128]) for i in range(0, len(captions), 128)],
         "cached embedding read (NpyReader)": lambda: [reader.load(s[key]) for s in samples],
     }
@@ -119,7 +119,7 @@ def main() -> int:
             contenders[f"loader_{text}{suffix}"] = (
                 lambda m=module, u=urls, k=key: loader_rate(m, u, backbone, args.batch_size, args.batches, args.warmup, k))
         cfg = common.fit_config(*base, *data_keys)
-        memory = common.memory_batches(urls, backbone, args.batch_size, 8, key)
+        memory = common.memory_batches(urls, backbone, args.batch_size, 8, key, common.training_images(backbone))
 
         def step(cfg=cfg, memory=memory) -> float:
             loader = DataLoader(common.Cycle(memory, steps), batch_size=None, num_workers=0)

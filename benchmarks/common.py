@@ -267,11 +267,21 @@ class Cycle:
         return self.items[i % len(self.items)]
 
 
-def memory_batches(urls: list[str], backbone, batch_size: int, count: int, text_embedding_key: str | None = None) -> list:
-    """`count` full training batches read once from shards (tokens, or cached embeddings with text_embedding_key)."""
+def training_images(backbone):
+    """The image transform training uses (cir.tasks.base.training_transform without aug_cfg): uint8 where it can be."""
+    from cir.data.transforms import uint8_version
+
+    return uint8_version(backbone.preprocess_train) or backbone.preprocess_train
+
+
+def memory_batches(urls: list[str], backbone, batch_size: int, count: int, text_embedding_key: str | None = None,
+                   image_transform=None) -> list:
+    """`count` full training batches read once from shards (tokens, or cached embeddings with text_embedding_key),
+    made by `image_transform` (default: the backbone's open_clip transform, float)."""
     from cir.data.shards import image_text_pipeline
 
-    pipeline = image_text_pipeline(urls, image_transform=backbone.preprocess_train, batch_size=batch_size, shuffle_buffer=0,
+    pipeline = image_text_pipeline(urls, image_transform=image_transform or backbone.preprocess_train, batch_size=batch_size,
+                                   shuffle_buffer=0,
                                    tokenize=None if text_embedding_key else backbone.tokenize, text_embedding_key=text_embedding_key)
     out = []
     for batch in pipeline:

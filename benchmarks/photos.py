@@ -89,7 +89,7 @@ def photo_shards(samples: int = 4000, per_shard: int = 1000, seed: int = 0) -> l
     """Shard paths of `samples` distinct 256 px photo JPEGs, `per_shard` (<= 10,000) per shard; written once."""
     if not 0 < per_shard <= MAX_PER_SHARD:
         raise ValueError(f"per_shard must be in 1..{MAX_PER_SHARD}, got {per_shard}")
-    out = common.BENCH_DIR / f"photos-{samples}-{per_shard}-{SIZE}-q{QUALITY}-seed{seed}"
+    out = common.BENCH_DIR / f"photos-{samples}-{per_shard}-{SIZE}-q{QUALITY}-seed{seed}" / "shards"
     counts = [min(per_shard, samples - start) for start in range(0, samples, per_shard)]
     paths = [out / f"{shard:05d}.tar" for shard in range(len(counts))]
     if all(p.is_file() and p.with_name(f"{p.stem}_stats.json").is_file() for p in paths):
