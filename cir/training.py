@@ -66,6 +66,11 @@ def check_fit_config(cfg: DictConfig) -> None:
                 "a positive count together with data.resampled=true", cfg.data.samples_per_epoch)
     require(not (cfg.data.exact_epoch and cfg.data.resampled), "data.exact_epoch",
             "false with data.resampled=true (an epoch is either one pass or samples_per_epoch draws)", cfg.data.exact_epoch)
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if cfg.task != "supervised" and isinstance(devices, int) and isinstance(nodes, int) and devices * nodes > 1:
+        # a plain pass splits shards by rank: ranks get different batch counts and DDP hangs at the first missing one
+        require(cfg.data.exact_epoch or cfg.data.resampled, "data.exact_epoch",
+                f"true (or data.resampled=true) for {devices * nodes} processes, so every rank makes the same batches", False)
     if cfg.data.text_embeddings:
         require(cfg.task == "tat" and cfg.model.anchor == "text", "data.text_embeddings",
                 "unset unless task=tat with model.anchor=text (cached captions need a frozen text tower)", cfg.data.text_embeddings)

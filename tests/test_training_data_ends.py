@@ -52,3 +52,12 @@ def test_data_that_runs_out_before_max_steps_is_an_error_and_epochs_are_asked_fo
     out = fit.main(None, [*TINY, f"data.train_shards={image_text_shards}", f"output_dir={tmp_path / 'epochs'}",
                           "trainer.max_steps=-1", "trainer.max_epochs=1"])
     assert json.loads((out / "run.json").read_text())["global_step"] == 4
+
+
+def test_several_processes_without_an_exact_or_resampled_epoch_are_refused_before_the_model_is_built(
+        image_text_shards, tmp_path, capsys, monkeypatch):
+    from cir import training
+
+    monkeypatch.setattr(training, "build_task", lambda cfg: pytest.fail("the model was built before the data check"))
+    code, err = fit_cli(tmp_path / "run", image_text_shards, "trainer.devices=2", "trainer.strategy=ddp_spawn", capsys=capsys)
+    assert code == 2 and "data.exact_epoch" in err and "2 processes" in err
