@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import _plugin_to_compute_dtype
 from lightning.pytorch import callbacks
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -118,10 +117,11 @@ class ThroughputMonitor(callbacks.ThroughputMonitor):
         self._train_flops: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning reads the compute dtype through fabric's precision classes, which the Trainer's MixedPrecision
+        # is not one of: a bf16-mixed run got the float32 / tf32 peak. The Trainer's precision string says it.
         device = trainer.strategy.root_device
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
-        peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" and dtype in (
-            torch.bfloat16, torch.float16) else None
+        half = str(trainer.precision).startswith(("bf16", "16"))
+        peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" and half else None
         with warnings.catch_warnings():
             if peak is not None:
                 warnings.filterwarnings("ignore", message="FLOPs not found")

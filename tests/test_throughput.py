@@ -132,3 +132,23 @@ def test_a_tat_run_logs_flops_per_second_without_lightnings_warning(tmp_path) ->
     assert module.flops_per_batch == 8 * contrastive_flops_per_sample(module.backbone, *batch[:2]) > 0
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.value for e in events.Scalars("train/device/flops_per_sec")][-1] > 0
+
+
+def test_an_h200_gets_its_dense_peak_without_lightnings_warning(monkeypatch) -> None:
+    """Lightning's table knows the H200 only as "h200 sxm1" (sparse figure), so a plain "NVIDIA H200" got no MFU;
+    and it took the Trainer's bf16-mixed plugin for float32 (its dtype lookup knows fabric's plugin classes only)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from lightning.pytorch.trainer.states import RunningStage
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), enable_validation=False,
+                              precision_plugin=MixedPrecision("bf16-mixed", "cuda"), precision="bf16-mixed", world_size=1,
+                              state=SimpleNamespace(stage=RunningStage.TRAINING))
+    monitor = ThroughputMonitor()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor.setup(trainer, nn.Module(), "fit")
+    assert monitor.available_flops == int(989.4e12)
+    assert monitor._throughputs[RunningStage.TRAINING].available_flops == int(989.4e12)
