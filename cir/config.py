@@ -202,7 +202,8 @@ def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | 
     try:
         main(path, overrides)
     except (ConfigError, FileNotFoundError, AnnotationError, OSError) as err:
-        if debug or (type(err) is OSError and err.errno not in FILESYSTEM_ERRNOS):
+        user_fixes = not isinstance(err, OSError) or isinstance(err, FileNotFoundError) or err.errno in FILESYSTEM_ERRNOS
+        if debug or not user_fixes:
             raise
         print(f"error: {err}", file=sys.stderr)
         print("(rerun with --debug for the traceback)", file=sys.stderr)

@@ -78,3 +78,11 @@ def test_a_full_disk_after_the_metrics_is_one_line(cirr_root, tmp_path, capsys, 
     line = one_line_error(capsys, evaluate.main, eval_args(cirr_root, out))
     assert line == "error: [Errno 28] No space left on device"
     assert json.loads((out / "metrics.json").read_text())
+
+
+def test_other_os_errors_keep_their_traceback():
+    def lost_connection(path, overrides):
+        raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+
+    with pytest.raises(ConnectionResetError):
+        run_cli(lost_connection, [])
