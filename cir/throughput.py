@@ -117,8 +117,7 @@ class ThroughputMonitor(callbacks.ThroughputMonitor):
         self._train_flops: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        # Lightning reads the compute dtype through fabric's precision classes, which the Trainer's MixedPrecision
-        # is not one of: a bf16-mixed run got the float32 / tf32 peak. The Trainer's precision string says it.
+        # Half-precision compute ("bf16-mixed", "16-mixed", "bf16-true", "16-true"): dense bf16 and fp16 peaks are equal.
         device = trainer.strategy.root_device
         half = str(trainer.precision).startswith(("bf16", "16"))
         peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" and half else None

@@ -135,8 +135,7 @@ def test_a_tat_run_logs_flops_per_second_without_lightnings_warning(tmp_path) ->
 
 
 def test_an_h200_gets_its_dense_peak_without_lightnings_warning(monkeypatch) -> None:
-    """Lightning's table knows the H200 only as "h200 sxm1" (sparse figure), so a plain "NVIDIA H200" got no MFU;
-    and it took the Trainer's bf16-mixed plugin for float32 (its dtype lookup knows fabric's plugin classes only)."""
+    """Lightning's table knows the H200 only as "h200 sxm1" (sparse figure), so a plain "NVIDIA H200" got no MFU."""
     from types import SimpleNamespace
 
     from lightning.pytorch.plugins.precision import MixedPrecision
