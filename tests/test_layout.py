@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cir"
 # Command-line modules: parse, call the library, print. Only the demo, which runs them as a user would, imports them.
-COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.browse.__main__"}
+COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.browse.__main__", "cir.grid.__main__",
+                 "cir.report.__main__"}
 CLI_CALLERS = ("cir.demo",)
 # Lower layers never reach up into evaluation, training tasks or the training run.
 LOWER_LAYERS = ("cir.data", "cir.models")

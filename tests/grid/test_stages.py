@@ -1,4 +1,4 @@
-"""Stage bookkeeping of the demo: overrides as dotlists, what runs, what is skipped, what reruns."""
+"""Stage bookkeeping (the demo's and the grid's): overrides as dotlists, what runs, what is skipped, what reruns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cir.config import ConfigError
-from cir.demo.stages import CliCall, Stage, flatten_overrides, run_stages
+from cir.grid.stages import CliCall, Stage, flatten_overrides, run_stages
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 

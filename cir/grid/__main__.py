@@ -1,0 +1,83 @@
+"""`python -m cir.grid CONFIG [key=value ...] [--slurm] [--dry-run] [--debug]`: every cell of a grid of runs.
+
+`key=value` reaches every stage whose config has the key, `STAGE.key=value`
+one stage, grid keys (output_dir, name, slurm.*) the grid. Locally the cells
+run one after the other; a cell whose calls are complete with the same
+config is skipped; a failed cell is reported, the others go on, and the exit
+status is 1 naming the failed cells. `--slurm` submits the cells with sbatch
+(jobs.json in the grid folder), `--dry-run` prints the commands instead.
+`--only CELL/STAGE` runs one call (what the grid's SLURM jobs run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from cir.config import ConfigError, run_cli
+from cir.grid.local import run_cells, write_records
+from cir.grid.plan import Grid
+from cir.grid.slurm import Submitter
+
+FLAGS = ("--slurm", "--dry-run")
+
+
+def run_one(grid: Grid, key: str) -> None:
+    """One call of one cell, in place of this process (its exit status is the job's)."""
+    cell_name, _, stage = key.partition("/")
+    cell = next((c for c in grid.cells if c.name == cell_name), None)
+    if cell is None or stage not in grid.stage_names:
+        raise ConfigError(f"--only {key}: expected CELL/STAGE with a cell from {[c.name for c in grid.cells]} "
+                          f"and a stage from {grid.stage_names}")
+    call = grid.call(cell, stage)
+    call.resolve()
+    call.prepare(from_scratch=False)
+    sys.stdout.flush()
+    os.execv(sys.executable, call.command)
+
+
+def main(path: str | None, overrides: list[str], flags: Sequence[str] = (), only: str | None = None) -> list[str]:
+    """usage: python -m cir.grid CONFIG [key=value ...] [--slurm] [--dry-run] [--debug]"""
+    if path is None:
+        raise ConfigError("usage: python -m cir.grid CONFIG [key=value ...] [--slurm] [--dry-run]")
+    grid = Grid(path, overrides)
+    if only is not None:
+        run_one(grid, only)
+    dry = "--dry-run" in flags
+    if "--slurm" in flags:
+        if not dry:
+            write_records(grid)
+        failed = Submitter(grid, dry=dry).submit_all()
+    else:
+        failed = run_cells(grid, dry=dry)
+    if failed:
+        print(f"failed cells ({len(failed)} of {len(grid.cells)}): {', '.join(failed)}", file=sys.stderr)
+    elif not dry:
+        print(f"all {len(grid.cells)} cells {'submitted or done' if '--slurm' in flags else 'done'}: "
+              f"python -m cir.report {grid.root}")
+    return failed
+
+
+def cli(argv: Sequence[str]) -> None:
+    args = list(argv)
+    flags = [a for a in args if a in FLAGS]
+    only = None
+    if "--only" in args:
+        at = args.index("--only")
+        only = args[at + 1] if at + 1 < len(args) else ""
+        del args[at : at + 2]
+    failed: list[str] = []
+
+    def entry(path: str | None, overrides: list[str]) -> None:
+        failed.extend(main(path, overrides, flags, only))
+
+    entry.__doc__ = main.__doc__
+
+    run_cli(entry, [a for a in args if a not in FLAGS])
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -1,0 +1,241 @@
+"""A grid's cells: the product of its axes, each a list of stages whose calls are built when needed.
+
+Calls are built late on purpose: an evaluation reads the export name the
+training stage wrote into its run.json, which exists only once it ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cir.config import ConfigError, load_config, open_nodes, read_yaml, require
+from cir.grid.schema import MANDATORY, GridConfig
+from cir.grid.stages import CLIS, CliCall, Stage
+from cir.schema import EvaluateConfig, FitConfig
+
+GRID_FIELDS = {"task", "name", "output_dir", "inputs", "stages", "axes", "labels", "slurm"}
+STAGE_FIELDS = ("enabled", "config")  # what an axis variant may set on a stage besides its config keys
+CELL_FILE = "cell.json"
+FREE_FORM = ("inputs", "axes", "labels", "stages")
+
+
+def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """The grid config with grid-level overrides merged (interpolations left for the cells), and the stage overrides."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    grid_level = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in GRID_FIELDS]
+    cfg = OmegaConf.structured(GridConfig)
+    OmegaConf.set_struct(cfg, True)
+    open_nodes(cfg, FREE_FORM)  # dotted keys (`model.anchor`) in struct mode fail; stage specs stay typed
+    try:
+        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)), OmegaConf.from_dotlist(grid_level))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: config key `{getattr(err, 'full_key', '?')}`: {str(err).splitlines()[0]}") from None
+    require(cfg.task == "grid", "task", "grid", cfg.task)
+    require(len(cfg.stages) > 0, "stages", "at least one stage", {})
+    for name, spec in cfg.stages.items():
+        require(spec.cli in CLIS, f"stages.{name}.cli", f"one of {list(CLIS)}", spec.cli)
+        if OmegaConf.is_missing(spec, "config"):
+            raise ConfigError(f"config key `stages.{name}.config`: missing (the stage's YAML, relative to {path})")
+        unknown = sorted(set(spec.needs) - set(cfg.stages))
+        require(not unknown, f"stages.{name}.needs", f"stage names from {list(cfg.stages)}", list(spec.needs))
+    return cfg, [o for o in overrides if o not in grid_level]
+
+
+def _text(value: Any) -> str:
+    """An override's value as text the override parser reads back as `value` (plain where that is safe)."""
+    if isinstance(value, str) and value and not set(value) & set("[]{},:'\"#&*!|>%@`= "):
+        try:
+            if OmegaConf.from_dotlist([f"x={value}"]).x == value:
+                return value
+        except OmegaConfBaseException:
+            pass
+    return json.dumps(value)
+
+
+@dataclass
+class Cell:
+    """One combination of axis values: its name, labels and per-stage overrides (unresolved, in precedence order)."""
+
+    name: str
+    axes: dict[str, str]
+    labels: dict[str, str]
+    enabled: dict[str, bool]
+    configs: dict[str, Path]
+    # stage -> [(key, value, raw)]: raw values are command-line text, the others YAML values (interpolated)
+    overrides: dict[str, list[tuple[str, Any, bool]]] = field(default_factory=dict)
+
+
+class Grid:
+    """A loaded grid: its cells and, per cell, the stages' calls (built on demand)."""
+
+    def __init__(self, path: str | Path, overrides: list[str]) -> None:
+        self.path = Path(path).resolve()
+        self.argv_overrides = list(overrides)
+        self.cfg, stage_overrides = load_grid(path, overrides)
+        self.root = Path(self.cfg.output_dir).resolve()
+        self.inputs = OmegaConf.to_container(self.cfg.inputs, resolve=False)
+        self.stage_names = list(self.cfg.stages)
+        self.bases = {name: self._base(name) for name in self.stage_names}
+        self.cli = [self._route(*o.split("=", 1), "the command line") for o in stage_overrides]
+        self.cells = self._cells()
+        self.check_mandatory()
+
+    def _base(self, name: str, config: str | None = None) -> DictConfig:
+        spec = self.cfg.stages[name]
+        schema = FitConfig if spec.cli == "fit" else EvaluateConfig
+        return load_config(schema, self.path.parent / (config or spec.config))
+
+    def _route(self, key: str, value: str, origin: str) -> list[tuple[str, str, str]]:
+        """(stage, key, value) for every stage a `key=value` reaches: `STAGE.key` one stage, `key` all that have it."""
+        head, _, rest = key.partition(".")
+        if head in self.cfg.stages and rest:
+            return [(head, rest, value)]
+        found = [(name, key, value) for name, base in self.bases.items()
+                 if OmegaConf.select(base, key, default=MANDATORY + "absent") != MANDATORY + "absent"]
+        if not found:
+            raise ConfigError(f"{origin}: config key `{key}`: no stage of the grid has it "
+                              f"(stages: {', '.join(self.stage_names)}; STAGE.{key}=... for one stage)")
+        return found
+
+    def _axis(self, name: str, values: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+        """(label, [(key, value), ...]) per value of an axis."""
+        if isinstance(values, DictConfig):
+            return [(str(label), list(OmegaConf.to_container(setting, resolve=False).items()))
+                    for label, setting in values.items()]
+        short = name.rsplit(".", 1)[-1]
+        return [(f"{short}-{value}", [(name, value)]) for value in OmegaConf.to_container(values, resolve=False)]
+
+    def _cells(self) -> list[Cell]:
+        axes = {name: self._axis(name, values) for name, values in self.cfg.axes.items()}
+        cells = []
+        for combo in itertools.product(*axes.values()) if axes else [()]:
+            name = "_".join(re.sub(r"[^\w.=+-]", "-", label) for label, _ in combo) or "run"
+            cell = Cell(name, {axis: label for axis, (label, _) in zip(axes, combo)}, dict(self.cfg.labels),
+                        {s: bool(self.cfg.stages[s].enabled) for s in self.stage_names},
+                        {s: self.path.parent / self.cfg.stages[s].config for s in self.stage_names},
+                        {s: [] for s in self.stage_names})
+            for stage in self.stage_names:
+                own = OmegaConf.to_container(self.cfg.stages[stage].overrides, resolve=False)
+                cell.overrides[stage] += [(k, v, False) for k, v in own.items()]
+            for _, setting in combo:
+                for key, value in setting:
+                    self._apply(cell, str(key), value)
+            for routed in self.cli:
+                for stage, key, value in routed:
+                    cell.overrides[stage].append((key, value, True))
+            cells.append(cell)
+        return cells
+
+    def _apply(self, cell: Cell, key: str, value: Any) -> None:
+        head, _, rest = key.partition(".")
+        if head == "labels":
+            cell.labels[rest] = str(value)
+        elif head in self.cfg.stages and rest in STAGE_FIELDS:
+            if rest == "enabled":
+                cell.enabled[head] = bool(value)
+            else:
+                cell.configs[head] = self.path.parent / str(value)
+        else:
+            for stage, k, v in self._route(key, value, f"axis value of cell {cell.name}"):
+                cell.overrides[stage].append((k, v, False))
+
+    def folder(self, cell: Cell, stage: str) -> Path:
+        return self.root / cell.name / stage
+
+    def call(self, cell: Cell, stage: str) -> CliCall:
+        """The stage's call in this cell, with earlier stages' outputs as they are now."""
+        referenced = set(re.findall(r"\$\{stage\.(\w+)\.", str(cell.overrides[stage])))
+        unknown = sorted(referenced - set(self._before(stage)))
+        if unknown:
+            raise ConfigError(f"stage {stage} reads ${{stage.{unknown[0]}...}}: only earlier stages can be read "
+                              f"({', '.join(self._before(stage)) or 'none'})")
+        context = {"cell": cell.name, "stage": {s: self._outputs(cell, s) for s in sorted(referenced)},
+                   "inputs": {k: v for k, v in self.inputs.items() if v != MANDATORY}}
+        final = self._final(cell, stage)
+        try:
+            values = OmegaConf.to_container(OmegaConf.create({**context, "_values": [v for v, _ in final.values()]}),
+                                            resolve=True)["_values"]
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"stage {stage} of cell {cell.name}: {str(err).splitlines()[0]}") from None
+        texts = [f"{k}={v if raw else _text(v)}" for (k, (_, raw)), v in zip(final.items(), values)]
+        out = self.folder(cell, stage)
+        spec = self.cfg.stages[stage]
+        return CliCall(spec.cli, stage, cell.configs[stage], (*texts, f"output_dir={out}"), out)
+
+    def _final(self, cell: Cell, stage: str) -> dict[str, tuple[Any, bool]]:
+        """key -> (value, raw) after every layer, the last one winning; `???` left over is an error naming the key."""
+        final: dict[str, tuple[Any, bool]] = {}
+        for key, value, raw in cell.overrides[stage]:
+            final.pop(key, None)
+            final[key] = (value, raw)
+        missing = [k for k, (v, _) in final.items() if v == MANDATORY]
+        if missing and cell.enabled[stage]:
+            raise ConfigError(f"config key `{stage}.{missing[0]}`: mandatory, give it on the command line "
+                              f"({stage}.{missing[0]}=... or {missing[0]}=...)")
+        inputs = set(re.findall(r"\$\{inputs\.(\w+)\}", str([v for v, _ in final.values()])))
+        unset = sorted(name for name in inputs if self.inputs.get(name, MANDATORY) == MANDATORY)
+        if unset and cell.enabled[stage]:
+            raise ConfigError(f"config key `inputs.{unset[0]}`: mandatory, give it on the command line "
+                              f"(inputs.{unset[0]}=...; stage {stage} reads it)")
+        return {k: item for k, item in final.items() if item[0] != MANDATORY}
+
+    def check_mandatory(self) -> None:
+        for cell in self.cells:
+            for stage in self.stage_names:
+                self._final(cell, stage)
+
+    def _before(self, stage: str) -> list[str]:
+        return self.stage_names[: self.stage_names.index(stage)]
+
+    def _outputs(self, cell: Cell, stage: str) -> dict[str, str]:
+        """What a later stage may read from `stage`: its folder, export and the model name to load the export with."""
+        call = self.call(cell, stage)
+        cfg = call.resolve()
+        if call.cli != "fit" or not cell.enabled[stage]:
+            pretrained = cfg.model.pretrained if call.cli == "fit" else None
+            return {"out": str(call.out), "export": str(pretrained), "export_model": cfg.model.name}
+        record = call.out / "run.json"
+        if record.is_file():
+            run = json.loads(record.read_text(encoding="utf-8"))
+            return {"out": str(call.out), "export": run["export"], "export_model": run["export_model_name"]}
+        # not trained yet: where cir.fit will write it (BLIP: a save_pretrained folder); the name as configured
+        folder = "/" in cfg.model.name and not cfg.model.name.endswith(".json") and ":" not in cfg.model.name
+        return {"out": str(call.out), "export": str(call.out / ("export" if folder else "export.pt")),
+                "export_model": cfg.model.name}
+
+    def stages(self, cell: Cell) -> list[Stage]:
+        """The enabled stages of a cell, each with its one call built when the runner asks for it."""
+        return [GridStage(self, cell, name) for name in self.stage_names if cell.enabled[name]]
+
+    def record(self, cell: Cell) -> dict[str, Any]:
+        """cell.json: what cir.report needs to label this cell's results."""
+        return {"grid": self.cfg.name, "cell": cell.name, "axes": cell.axes, "labels": cell.labels,
+                "stages": {s: {"cli": self.cfg.stages[s].cli, "enabled": cell.enabled[s]} for s in self.stage_names}}
+
+
+class GridStage(Stage):
+    """One stage of one cell; `calls` are rebuilt on every access, so they see what earlier stages wrote."""
+
+    def __init__(self, grid: Grid, cell: Cell, name: str) -> None:
+        spec = grid.cfg.stages[name]
+        needs = [n for n in spec.needs if cell.enabled[n]]
+        super().__init__(name, f"{spec.cli} {Path(cell.configs[name]).name}", needs=needs)
+        self.grid, self.cell = grid, cell
+
+    @property
+    def calls(self) -> tuple[CliCall, ...]:  # type: ignore[override]
+        return (self.grid.call(self.cell, self.name),)
+
+    @calls.setter
+    def calls(self, value: tuple[CliCall, ...]) -> None:
+        """Stage.__init__ sets an empty tuple; the calls come from the grid."""

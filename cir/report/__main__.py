@@ -1,0 +1,86 @@
+"""`python -m cir.report DIR... [--out FILE] [--tensorboard DIR] [--debug]`: our results beside the paper's.
+
+Reads every metrics.json under the folders (runs, grids, evaluations), one
+row per backbone x method (x grid cell) x split, at the paper's Slerp alpha;
+prints a markdown table and writes it as CSV (default: report.csv in the
+first folder). With --tensorboard, one run per row with its labels as hparams.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cir.config import ConfigError
+from cir.io import atomic_write_text
+from cir.report.collect import Result, collect
+from cir.report.paper import load_paper_numbers
+from cir.report.table import compare, csv_text, markdown
+
+USAGE = "usage: python -m cir.report DIR... [--out FILE] [--tensorboard DIR] [--debug]"
+
+
+def to_tensorboard(rows: list[Result], folder: Path) -> None:
+    """Each row as a run with hparams (labels and axes) and our numbers, for TensorBoard's HPARAMS sorting."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for row in rows:
+        name = re.sub(r"[^\w.=+-]+", "_", "_".join(filter(None, (row.backbone, row.method, row.cell, row.split))))
+        with SummaryWriter(str(folder / name)) as writer:
+            params = {"backbone": row.backbone, "method": row.method, "cell": row.cell, "split": row.split, **row.axes}
+            metrics = {f"report/{title}": item.ours for title, item in compare(row, {}).items()}
+            writer.add_hparams(params, metrics, run_name=".")
+
+
+def main(folders: Sequence[str], out: str | None = None, tensorboard: str | None = None) -> str:
+    """usage: python -m cir.report DIR... [--out FILE] [--tensorboard DIR]"""
+    if not folders:
+        raise ConfigError(USAGE)
+    paths = [Path(f) for f in folders]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
+    rows = collect(paths)
+    if not rows:
+        raise FileNotFoundError(f"no metrics.json with results under {', '.join(folders)}")
+    papers = load_paper_numbers()
+    table = markdown(rows, papers)
+    target = Path(out) if out else (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.csv"
+    atomic_write_text(target, csv_text(rows, papers))
+    print(table)
+    print(f"\n{len(rows)} rows; numbers at the paper's Slerp alpha (percent); (paper P, +D): the paper's value and "
+          "ours minus it; (paper: test): the paper reports the test server only")
+    print(f"csv: {target}")
+    if tensorboard:
+        to_tensorboard(rows, Path(tensorboard))
+        print(f"tensorboard: tensorboard --logdir {tensorboard}")
+    return table
+
+
+def cli(argv: Sequence[str]) -> None:
+    args, options = list(argv), {"--out": None, "--tensorboard": None}
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return
+    for flag in options:
+        if flag in args:
+            at = args.index(flag)
+            if at + 1 >= len(args):
+                raise SystemExit(f"error: {flag} needs a value\n{USAGE}")
+            options[flag] = args.pop(at + 1)
+            args.pop(at)
+    try:
+        main(args, options["--out"], options["--tensorboard"])
+    except (ConfigError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -1,0 +1,123 @@
+"""`python -m cir.grid` here: a 2 x 2 grid (anchor x learning rate) of the demo's tiny model on the generated
+benchmark, end to end through the real CLIs; reruns skip; one failed cell leaves the others' results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cir.config import ConfigError
+from cir.data.synth import generate, shard_urls
+from cir.grid.__main__ import cli
+from cir.grid.plan import Grid
+
+GRID = Path(__file__).resolve().parents[2] / "experiments" / "grid_demo.yaml"
+CELLS = ["anchor-text_lr-0.001", "anchor-text_lr-0.003", "anchor-image_lr-0.001", "anchor-image_lr-0.003"]
+TINY_SYNTH = {"pretrain_samples": 16, "tune_samples": 64, "train_queries": 8, "val_queries": 24, "test_queries": 4,
+              "shard_size": 64}
+TINY = ["trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0", "tat.trainer.enable_progress_bar=false",
+        "eval.eval.alphas=[0.9]", "eval.eval.examples=0"]
+
+
+def tiny_grid_args(synth: Path, out: Path) -> list[str]:
+    """The grid's mandatory inputs (the generated benchmark) and tiny settings for every stage that has them."""
+    return [f"output_dir={out}", f"data.train_shards={shard_urls(synth, 'tune')}", f"data.root={synth / 'cirr'}", *TINY]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, 0, progress=False, **TINY_SYNTH)
+    return out
+
+
+def run_grid(args: list[str], capfd) -> tuple[list[str], str]:
+    """cir.grid's command line in this process (its CLI calls are subprocesses); stdout lines and stderr."""
+    cli([str(GRID), *args])
+    captured = capfd.readouterr()
+    return captured.out.splitlines(), captured.err
+
+
+def stage_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("[") and ("done in" in line or "skipped" in line)]
+
+
+@pytest.fixture(scope="module")
+def grid_run(synth, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grid") / "tiny"
+    cli([str(GRID), *tiny_grid_args(synth, out)])
+    return out
+
+
+@pytest.mark.slow
+def test_every_cell_trains_and_evaluates_the_export_it_trained(grid_run: Path) -> None:
+    assert json.loads((grid_run / "grid.json").read_text())["cells"] == CELLS
+    for cell in CELLS:
+        anchor, lr = cell.split("_")
+        record = json.loads((grid_run / cell / "tat" / "run.json").read_text())
+        assert record["config"]["model"]["anchor"] == anchor.split("-")[1]
+        assert record["config"]["optim"]["lr"] == float(lr.split("-")[1])
+        metrics = json.loads((grid_run / cell / "eval" / "metrics.json").read_text())
+        assert metrics["meta/pretrained"] == record["export"] == str(grid_run / cell / "tat" / "export.pt")
+        assert metrics["meta/model"] == record["export_model_name"]
+        assert "cirr/val/slerp_a0.9/R@1" in metrics
+        assert json.loads((grid_run / cell / "cell.json").read_text())["axes"] == {
+            "model.anchor": anchor, "optim.lr": lr}
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_call(grid_run: Path, synth: Path, capfd) -> None:
+    before = {p: p.stat().st_mtime_ns for p in grid_run.rglob("*") if p.name in ("export.pt", "metrics.json")}
+    lines, err = run_grid(tiny_grid_args(synth, grid_run), capfd)
+    assert len(stage_lines(lines)) == 8 and all("done before, skipped" in line for line in stage_lines(lines)), lines
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert lines[-1] == f"all 4 cells done: python -m cir.report {grid_run}" and not err
+
+
+@pytest.mark.slow
+def test_a_failed_cell_is_reported_and_the_others_go_on(grid_run: Path, synth: Path, capfd) -> None:
+    broken, after = "anchor-image_lr-0.001", "anchor-image_lr-0.003"
+    (grid_run / broken / "tat" / "export.pt").write_bytes(b"not a checkpoint")
+    (grid_run / broken / "eval" / "metrics.json").unlink()  # its evaluation reruns and cannot load the export
+    (grid_run / after / "eval" / "metrics.json").unlink()  # the next cell's evaluation reruns after that failure
+    with pytest.raises(SystemExit) as exit_info:
+        run_grid(tiny_grid_args(synth, grid_run), capfd)
+    assert exit_info.value.code == 1
+    captured = capfd.readouterr()
+    assert f"failed cells (1 of 4): {broken}" in captured.err
+    assert f"cell {broken}: FAILED: `-m cir.evaluate" in captured.out
+    assert f"{after}/eval: done in" in captured.out
+    for cell in CELLS:
+        assert (grid_run / cell / "eval" / "metrics.json").is_file() == (cell != broken)
+
+
+def test_mandatory_inputs_and_unknown_keys_fail_before_any_cell(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"`tat.data.train_shards`: mandatory.*data.train_shards=\.\.\."):
+        Grid(GRID, [f"output_dir={tmp_path}", "data.root=x"])
+    with pytest.raises(ConfigError, match="`optim.lrr`: no stage of the grid has it"):
+        Grid(GRID, ["data.train_shards=x", "data.root=x", "optim.lrr=1"])
+    with pytest.raises(ConfigError, match="stagez"):
+        Grid(GRID, ["data.train_shards=x", "data.root=x", "stagez.x=1"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_overrides_reach_the_stages_that_have_the_key_or_the_one_named(tmp_path: Path) -> None:
+    grid = Grid(GRID, [f"output_dir={tmp_path}", "data.train_shards=s", "data.root=r", "data.batch_size=8",
+                       "tat.data.num_workers=3"])
+    cell = grid.cells[3]
+    tat, evaluation = (grid.call(cell, name) for name in ("tat", "eval"))
+    # the grid's own values, the axes', the command line's (a `???` given there takes the later place), the folder
+    assert tat.overrides == ("model.anchor=image", "optim.lr=0.003", "data.train_shards=s", "data.batch_size=8",
+                             "data.num_workers=3", f"output_dir={tmp_path / cell.name / 'tat'}")
+    assert evaluation.overrides == ("model.name=cir-demo", f"model.pretrained={tmp_path / cell.name / 'tat' / 'export.pt'}",
+                                    "eval.cache_dir=null", "data.root=r", "data.batch_size=8",
+                                    f"output_dir={tmp_path / cell.name / 'eval'}")
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path, capfd) -> None:
+    cli([str(GRID), f"output_dir={tmp_path / 'g'}", "data.train_shards=s", "data.root=r", "--dry-run"])
+    out = capfd.readouterr().out
+    assert out.count("-m cir.fit ") == 4 and out.count("-m cir.evaluate ") == 4
+    assert not (tmp_path / "g").exists()
