@@ -112,8 +112,7 @@ class ExactEpochSamples(PipelineStage):
         sequence = self._sequence(self.shard_order(self.epoch), start)
         own = itertools.islice(sequence, length)
         if self.shuffle_buffer:
-            own = wds.detshuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=self.seed,
-                                 epoch=self.epoch - 1).run(own)
+            own = wds.detshuffle(self.shuffle_buffer, seed=self.seed, epoch=self.epoch - 1).run(own)
         yield from own
         for spare, sample in enumerate(sequence):  # only pulled when skipped samples left the stream short
             if spare == 0:

@@ -9,6 +9,9 @@ Per shard, the first source that has it wins:
    samples as webdataset groups them, and cached in `.shard_counts.json` beside
    the shards, keyed by name, size and mtime, so a changed shard is counted again.
 Only local shards can be counted: streamed ones (pipe:, http) need a source 1 or 2.
+Stated counts (1, 2) are trusted: a shard rewritten since holds other samples than
+its count says, and an exact epoch then cuts its streams in the wrong places (some
+pairs seen twice or not at all; no rank is left short).
 """
 
 from __future__ import annotations
