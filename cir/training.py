@@ -171,6 +171,8 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     """The run itself: resume from the newest good checkpoint if its config allows (cir.resume), fit, export."""
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     evaluator = validation_evaluator(cfg)
+    if evaluator is None:  # no validation loaders to ask for (Lightning would warn that they are empty)
+        trainer_kwargs.setdefault("limit_val_batches", 0)
     out = Path(cfg.output_dir)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
@@ -195,8 +197,6 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     if trainer.is_global_zero:
         export = export_backbone(module.backbone, out)
         record = module.record()
-    if evaluator is None:  # no validation loaders to ask for (Lightning would warn that they are empty)
-        trainer_kwargs.setdefault("limit_val_batches", 0)
         record["samples_seen"] = samples
         record["skipped_samples"] = skipped
         log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",
