@@ -189,10 +189,9 @@ FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errn
 
 def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
     """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
-    setup_logging(debug)
     debug = "--debug" in args
+    setup_logging(debug)
     args = [a for a in args if a != "--debug"]
     if args and args[0] in ("-h", "--help"):
         print(main.__doc__ or "usage: CONFIG [key=value ...] [--debug]")

@@ -18,9 +18,9 @@ from cir.data.transforms import uint8_version
 from cir.eval.evaluator import BenchmarkEvaluator
 from cir.models import Backbone, train_transform
 from cir.provenance import run_record
-
-
 from cir.tasks.zero_shot import EvaluatorEncoding
+
+
 def training_transform(cfg: DictConfig, backbone: Backbone) -> Callable:
     """The backbone's training transform with `model.aug_cfg` applied (bad settings name the key).
 
