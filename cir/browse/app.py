@@ -20,8 +20,8 @@ CSS = """
 .cir-model h3 {margin: 0 0 2px 0; font-size: 1em}
 .cir-metrics {margin: 0 0 6px 0; color: #555; font-size: 0.9em}
 .cir-row {display: flex; flex-wrap: wrap; gap: 8px}
-.cir-tile {margin: 0; width: 128px; border: 4px solid #cfcfcf; border-radius: 6px; background: #fff; overflow: hidden}
-.cir-tile img {display: block; width: 120px; height: 120px; object-fit: contain; image-rendering: pixelated}
+.cir-tile {margin: 0; width: 108px; border: 4px solid #cfcfcf; border-radius: 6px; background: #fff; overflow: hidden}
+.cir-tile img {display: block; width: 100px; height: 100px; object-fit: contain; image-rendering: pixelated}
 .cir-tile figcaption {font-size: 12px; text-align: center; color: #333; padding: 2px 0}
 .cir-target {border-color: #1f9d3a; box-shadow: 0 0 0 2px #1f9d3a}
 .cir-target figcaption {color: #1f7a30; font-weight: 600}
@@ -36,7 +36,7 @@ def build(browser: Browser):
     import gradio as gr
 
     has_queries = bool(browser.bench.queries)
-    with gr.Blocks(title="cir browse", analytics_enabled=False) as page:
+    with gr.Blocks(title="cir browse", analytics_enabled=False, fill_width=True) as page:
         gr.Markdown("## Composed image retrieval: browse and compare")
         title = gr.Markdown(browser.title(), elem_id="cir-title")
         with gr.Row():
@@ -52,17 +52,18 @@ def build(browser: Browser):
                 alpha = gr.Slider(0.0, 1.0, value=browser.alpha, step=0.05, label="alpha (Slerp: 0 image, 1 text)", elem_id="cir-alpha")
                 export = gr.Button("Export panel as PNG", elem_id="cir-export")
                 exported = gr.File(label="Exported panel", interactive=False, height=60, elem_id="cir-exported")
-            with gr.Column(scale=3):
+            with gr.Column(scale=4):
                 results = gr.HTML(elem_id="cir-results")
-        with gr.Accordion("Where the two models disagree most (target rank)", open=len(browser.galleries) > 1):
-            with gr.Row():
-                compare = gr.Button("Rank every query at the current composition", elem_id="cir-compare", scale=0)
-                setting = gr.Markdown(elem_id="cir-setting")
-            table = gr.Dataframe(headers=["row", "query", "caption", "rank A", "rank B"], interactive=False, elem_id="cir-disagree")
-        with gr.Accordion("Gallery", open=False):
-            folder = gr.Textbox(label="Folder of images (empty: the configured benchmark split)", elem_id="cir-folder")
-            load = gr.Button("Open gallery", elem_id="cir-open")
-            status = gr.Markdown(elem_id="cir-status")
+                with gr.Accordion("Where the two models disagree most (target rank)", open=len(browser.galleries) > 1):
+                    with gr.Row():
+                        compare = gr.Button("Rank every query", elem_id="cir-compare", scale=0, min_width=180)
+                        setting = gr.Markdown(elem_id="cir-setting")
+                    table = gr.Dataframe(headers=["row", "query", "caption", "rank A", "rank B"], interactive=False,
+                                         max_height=300, elem_id="cir-disagree")
+                with gr.Accordion("Gallery", open=False):
+                    folder = gr.Textbox(label="Folder of images (empty: the configured benchmark split)", elem_id="cir-folder")
+                    load = gr.Button("Open gallery", elem_id="cir-open")
+                    status = gr.Markdown(elem_id="cir-status")
 
         inputs = [source, query, upload, caption, method, alpha]
 

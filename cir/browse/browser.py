@@ -178,7 +178,7 @@ def open_browser(cfg: DictConfig) -> Browser:
     models = [cfg.model] + ([cfg.browse.compare] if cfg.browse.compare is not None else [])
     L.seed_everything(cfg.seed, verbose=False)  # as cir.evaluate: a randomly initialised model is the same each run
     backbones = [load_backbone(m) for m in models]
-    labels = [f"{'AB'[i]}: {m.name} ({m.pretrained})" for i, m in enumerate(models)]
+    labels = [f"{'AB'[i]}: {m.name} ({'/'.join(Path(m.pretrained).parts[-2:])})" for i, m in enumerate(models)]
 
     def load(folder: str | None) -> list[Gallery]:
         bench = folder_benchmark(folder) if folder else benchmark_split(cfg)

@@ -100,8 +100,10 @@ def test_query_slider_upload_and_screenshot(served, tmp_path):
         href = tab.locator("#cir-exported a").first.get_attribute("href")
         assert href.endswith(f"query-{row}-slerp_a0.0.png")
         assert tab.request.get(urljoin(url, href)).body()[:8] == PNG
-        # the two models disagree somewhere, and the table says where
-        assert tab.locator("#cir-disagree tbody tr").count() > 0
+        # the table lists where the two models disagree most; clicking a row shows that query
+        first = browser.disagreement_rows("slerp", browser.alpha)[0]
+        tab.locator("#cir-disagree").get_by_text(first[2], exact=True).filter(visible=True).first.click()
+        tab.wait_for_function(f"() => document.querySelector('#cir-results .cir-caption').textContent === {first[2]!r}")
         # a file that is not an image: a message on the page, and the server keeps answering
         (tmp_path / "notes.png").write_text("not an image")
         tab.locator("#cir-caption textarea").fill("make it red")
