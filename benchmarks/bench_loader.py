@@ -1,6 +1,6 @@
 """Shard loader images/s with 2 workers vs what the TAT training step consumes (target: the loader is not the bottleneck).
 
-    python benchmarks/bench_loader.py [--rounds 4] [--batches 30] [--baseline REV]
+    python benchmarks/bench_loader.py [--rounds 4] [--batches 30] [--baseline REV] [--compare-float]
 
 Per round, side by side, for captions as tokens and as cached embeddings:
   loader_*   image_text_loader over the generated shards (resampled, 2 workers), no training
@@ -8,6 +8,8 @@ Per round, side by side, for captions as tokens and as cached embeddings:
   fit_*      cir.fit's Trainer fed by the real DataModule with 2 workers (what training gets)
 With --baseline REV, loader_*_REV runs cir/data/shards.py as it is at git revision
 REV, so a change to the loader is measured against its predecessor in the same run.
+With --compare-float, loader_*_float runs the loader with open_clip's float transform
+(what training used before cir.data.transforms) beside the uint8 one.
 First, each loading stage's share of a sample's cost (single process, embedded shards),
 to show where a worker's time goes, and the tar parsing cost of embedded shards against their source.
 """
@@ -20,9 +22,10 @@ import time
 import common
 
 
-def loader_rate(shards_module, urls: list[str], backbone, batch_size: int, batches: int, warmup: int, key: str | None) -> float:
+def loader_rate(shards_module, urls: list[str], backbone, batch_size: int, batches: int, warmup: int, key: str | None,
+                transform=None) -> float:
     pipeline = shards_module.image_text_pipeline(
-        urls, image_transform=common.training_images(backbone), tokenize=None if key else backbone.tokenize, batch_size=batch_size,
+        urls, image_transform=transform or common.training_images(backbone), tokenize=None if key else backbone.tokenize, batch_size=batch_size,
         resampled=True, samples_per_epoch=(batches + warmup + 1) * batch_size, text_embedding_key=key)
     loader = shards_module.image_text_loader(pipeline, num_workers=2)
     ends, samples = [], []
@@ -88,6 +91,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--baseline", help="git revision whose cir/data/shards.py to measure side by side")
+    parser.add_argument("--compare-float", action="store_true",
+                        help="also run the loader with open_clip's float transform (before cir.data.transforms)")
     args = parser.parse_args()
     common.pin_threads(args.threads)
     info = common.header("Shard loader (2 workers) vs TAT step consumption", args.threads)
@@ -118,6 +123,9 @@ def main() -> int:
         for suffix, module in modules.items():
             contenders[f"loader_{text}{suffix}"] = (
                 lambda m=module, u=urls, k=key: loader_rate(m, u, backbone, args.batch_size, args.batches, args.warmup, k))
+        if args.compare_float:
+            contenders[f"loader_{text}_float"] = (lambda u=urls, k=key: loader_rate(
+                current, u, backbone, args.batch_size, args.batches, args.warmup, k, backbone.preprocess_train))
         cfg = common.fit_config(*base, *data_keys)
         memory = common.memory_batches(urls, backbone, args.batch_size, 8, key, common.training_images(backbone))
 
@@ -145,6 +153,9 @@ def main() -> int:
         fed = common.median_ratio(results[f"fit_{text}"], results[f"step_{text}"])
         figures[f"{text}: loader images/s / step samples/s (median)"] = ratio
         figures[f"{text}: training fed by the loader / on in-memory batches (median)"] = fed
+        if args.compare_float:
+            figures[f"{text}: loader images/s, uint8 / float transform (median)"] = common.median_ratio(
+                results[f"loader_{text}"], results[f"loader_{text}_float"])
         for suffix in list(modules)[1:]:
             figures[f"{text}: loader images/s, this tree / {suffix[1:]} (median)"] = common.median_ratio(
                 results[f"loader_{text}"], results[f"loader_{text}{suffix}"])

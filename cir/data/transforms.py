@@ -41,16 +41,19 @@ from cir.data.images import load_rgb
 # What open_clip's plain (non-timm, no jitter) training transform is made of, in order.
 _PLAIN_OPEN_CLIP = ("RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize")
 _MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
+JPEG_MAGIC = b"\xff\xd8"
 
 
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Encoded image -> uint8 (3, H, W) RGB, the pixels load_rgb gives (channels-last memory).
 
     Baseline RGB JPEGs (what img2dataset writes) go through torchvision's
-    libjpeg-turbo decoder straight into a tensor; anything else (grayscale, CMYK,
-    PNG, WebP, ...) through load_rgb. Both refuse decompression bombs: the size
-    is read from the header before anything is decoded.
+    libjpeg-turbo decoder straight into a tensor, once PIL has read the header
+    (size, for the same decompression-bomb limit as load_rgb, and colour mode);
+    anything else (grayscale or CMYK JPEG, PNG, WebP, ...) through load_rgb.
     """
+    if data[:2] != JPEG_MAGIC:
+        return pil_to_uint8(load_rgb(io.BytesIO(data)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with the same limit as load_rgb
         with Image.open(io.BytesIO(data)) as header:
