@@ -40,3 +40,24 @@ def test_a_gallery_past_free_memory_is_refused_before_encoding():
     check_fits(1000, 768, available=2 * 1000 * 768 * 4)
     with pytest.raises(GalleryError, match=r"123403 images needs about 0\.7 GiB.*only 0\.5 GiB is free"):
         check_fits(123_403, 768, available=2**29)
+
+
+def test_a_split_evaluated_before_opens_from_the_evaluation_cache(cirr_root, tmp_path, monkeypatch):
+    from cir import evaluate
+    from cir.browse.browser import open_browser
+    from cir.config import load_config
+    from cir.models import Backbone
+    from cir.schema import BrowseConfig
+
+    settings = ["model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}", f"eval.cache_dir={tmp_path / 'cache'}",
+                "data.num_workers=0", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+    evaluate.main(None, [*settings, f"output_dir={tmp_path / 'eval'}", "eval.examples=0", "eval.alphas=[0.9]"])
+    cfg = load_config(BrowseConfig, None, settings)
+
+    def no_encoding(self, x):
+        raise AssertionError("encoded although cir.evaluate cached these features")
+
+    monkeypatch.setattr(Backbone, "encode_image", no_encoding)
+    monkeypatch.setattr(Backbone, "encode_text", no_encoding)
+    (gallery,) = open_browser(cfg).galleries
+    assert gallery.vectors.shape[0] == len(gallery.bench.gallery) == gallery.index.n_gallery
