@@ -51,7 +51,7 @@ def test_grid_rows_carry_a_caption_strip(cirr_root):
 def test_evaluation_logs_its_settings_and_headline_metrics_to_the_hparams_view(cirr_root, tmp_path):
     evaluate.main(None, ["model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}", f"output_dir={tmp_path}",
                          "eval.cache_dir=null", "data.num_workers=0", "trainer.accelerator=cpu",
-                         "trainer.enable_progress_bar=false", "eval.examples=2"])
+                         "trainer.enable_progress_bar=false", "eval.examples=2", "eval.alphas=[0.5,0.9]"])
     settings, metrics = hparams_of(tmp_path / "tensorboard")
     assert settings["meta/model"] == "cir-tiny" and settings["meta/paper_method"] == "slerp_a0.9"
     assert "cirr/val/slerp_a0.9/R@1" in metrics and "cirr/val/sum/R@10" in metrics
