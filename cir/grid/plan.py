@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,10 @@ def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[
         raise ConfigError(f"{path}: config key `{getattr(err, 'full_key', '?')}`: {str(err).splitlines()[0]}") from None
     require(cfg.task == "grid", "task", "grid", cfg.task)
     require(len(cfg.stages) > 0, "stages", "at least one stage", {})
+    sections = {f.name for schema in (FitConfig, EvaluateConfig) for f in fields(schema)}
     for name, spec in cfg.stages.items():
+        require(name not in sections, f"stages.{name}", f"a stage name that is no config section ({sorted(sections)}: "
+                "`KEY=value` on the command line would reach the stage instead of the section)", name)
         require(spec.cli in CLIS, f"stages.{name}.cli", f"one of {list(CLIS)}", spec.cli)
         if OmegaConf.is_missing(spec, "config"):
             raise ConfigError(f"config key `stages.{name}.config`: missing (the stage's YAML, relative to {path})")
@@ -122,7 +125,7 @@ class Grid:
             name = "_".join(re.sub(r"[^\w.=+-]", "-", label) for label, _ in combo) or "run"
             cell = Cell(name, {axis: label for axis, (label, _) in zip(axes, combo)}, dict(self.cfg.labels),
                         {s: bool(self.cfg.stages[s].enabled) for s in self.stage_names},
-                        {s: self.path.parent / self.cfg.stages[s].config for s in self.stage_names},
+                        {s: (self.path.parent / self.cfg.stages[s].config).resolve() for s in self.stage_names},
                         {s: [] for s in self.stage_names})
             for stage in self.stage_names:
                 own = OmegaConf.to_container(self.cfg.stages[stage].overrides, resolve=False)
@@ -144,7 +147,7 @@ class Grid:
             if rest == "enabled":
                 cell.enabled[head] = bool(value)
             else:
-                cell.configs[head] = self.path.parent / str(value)
+                cell.configs[head] = (self.path.parent / str(value)).resolve()
         else:
             for stage, k, v in self._route(key, value, f"axis value of cell {cell.name}"):
                 cell.overrides[stage].append((k, v, False))

@@ -119,7 +119,9 @@ class Submitter:
             return
         calls = " ".join(shlex.quote(k) for k in keys)
         options += [f"--array=0-{len(keys) - 1}", f"--output={self.logs}/array.%A_%a.out"]
-        job = self.sbatch(options, [f"--wrap=calls=({calls}); exec {shlex.join(only)} \"${{calls[$SLURM_ARRAY_TASK_ID]}}\""])
+        # sbatch --wrap runs /bin/sh: task i takes the i-th of the positional parameters
+        script = f'set -- {calls}; shift "$SLURM_ARRAY_TASK_ID"; exec {shlex.join(only)} "$1"'
+        job = self.sbatch(options, [f"--wrap={script}"])
         for task, key in enumerate(keys):
             self.record(key, f"{job}_{task}")
 

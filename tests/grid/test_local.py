@@ -18,7 +18,7 @@ CELLS = ["anchor-text_lr-0.001", "anchor-text_lr-0.003", "anchor-image_lr-0.001"
 TINY_SYNTH = {"pretrain_samples": 16, "tune_samples": 64, "train_queries": 8, "val_queries": 24, "test_queries": 4,
               "shard_size": 64}
 TINY = ["trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0", "tat.trainer.enable_progress_bar=false",
-        "eval.eval.alphas=[0.9]", "eval.eval.examples=0"]
+        "cirr_val.eval.alphas=[0.9]", "cirr_val.eval.examples=0"]
 
 
 def tiny_grid_args(synth: Path, out: Path) -> list[str]:
@@ -59,7 +59,7 @@ def test_every_cell_trains_and_evaluates_the_export_it_trained(grid_run: Path) -
         record = json.loads((grid_run / cell / "tat" / "run.json").read_text())
         assert record["config"]["model"]["anchor"] == anchor.split("-")[1]
         assert record["config"]["optim"]["lr"] == float(lr.split("-")[1])
-        metrics = json.loads((grid_run / cell / "eval" / "metrics.json").read_text())
+        metrics = json.loads((grid_run / cell / "cirr_val" / "metrics.json").read_text())
         assert metrics["meta/pretrained"] == record["export"] == str(grid_run / cell / "tat" / "export.pt")
         assert metrics["meta/model"] == record["export_model_name"]
         assert "cirr/val/slerp_a0.9/R@1" in metrics
@@ -80,17 +80,17 @@ def test_rerun_skips_every_call(grid_run: Path, synth: Path, capfd) -> None:
 def test_a_failed_cell_is_reported_and_the_others_go_on(grid_run: Path, synth: Path, capfd) -> None:
     broken, after = "anchor-image_lr-0.001", "anchor-image_lr-0.003"
     (grid_run / broken / "tat" / "export.pt").write_bytes(b"not a checkpoint")
-    (grid_run / broken / "eval" / "metrics.json").unlink()  # its evaluation reruns and cannot load the export
-    (grid_run / after / "eval" / "metrics.json").unlink()  # the next cell's evaluation reruns after that failure
+    (grid_run / broken / "cirr_val" / "metrics.json").unlink()  # its evaluation reruns and cannot load the export
+    (grid_run / after / "cirr_val" / "metrics.json").unlink()  # the next cell's evaluation reruns after that failure
     with pytest.raises(SystemExit) as exit_info:
         run_grid(tiny_grid_args(synth, grid_run), capfd)
     assert exit_info.value.code == 1
     captured = capfd.readouterr()
     assert f"failed cells (1 of 4): {broken}" in captured.err
     assert f"cell {broken}: FAILED: `-m cir.evaluate" in captured.out
-    assert f"{after}/eval: done in" in captured.out
+    assert f"{after}/cirr_val: done in" in captured.out
     for cell in CELLS:
-        assert (grid_run / cell / "eval" / "metrics.json").is_file() == (cell != broken)
+        assert (grid_run / cell / "cirr_val" / "metrics.json").is_file() == (cell != broken)
 
 
 def test_mandatory_inputs_and_unknown_keys_fail_before_any_cell(tmp_path: Path) -> None:
@@ -100,6 +100,8 @@ def test_mandatory_inputs_and_unknown_keys_fail_before_any_cell(tmp_path: Path) 
         Grid(GRID, ["data.train_shards=x", "data.root=x", "optim.lrr=1"])
     with pytest.raises(ConfigError, match="stagez"):
         Grid(GRID, ["data.train_shards=x", "data.root=x", "stagez.x=1"])
+    with pytest.raises(ConfigError, match="`stages.eval`: expected a stage name that is no config section"):
+        Grid(GRID, ["data.train_shards=x", "data.root=x", "stages.eval.config=demo_eval.yaml"])
     assert not any(tmp_path.iterdir())
 
 
@@ -107,13 +109,13 @@ def test_overrides_reach_the_stages_that_have_the_key_or_the_one_named(tmp_path:
     grid = Grid(GRID, [f"output_dir={tmp_path}", "data.train_shards=s", "data.root=r", "data.batch_size=8",
                        "tat.data.num_workers=3"])
     cell = grid.cells[3]
-    tat, evaluation = (grid.call(cell, name) for name in ("tat", "eval"))
+    tat, evaluation = (grid.call(cell, name) for name in ("tat", "cirr_val"))
     # the grid's own values, the axes', the command line's (a `???` given there takes the later place), the folder
     assert tat.overrides == ("model.anchor=image", "optim.lr=0.003", "data.train_shards=s", "data.batch_size=8",
                              "data.num_workers=3", f"output_dir={tmp_path / cell.name / 'tat'}")
     assert evaluation.overrides == ("model.name=cir-demo", f"model.pretrained={tmp_path / cell.name / 'tat' / 'export.pt'}",
                                     "eval.cache_dir=null", "data.root=r", "data.batch_size=8",
-                                    f"output_dir={tmp_path / cell.name / 'eval'}")
+                                    f"output_dir={tmp_path / cell.name / 'cirr_val'}")
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path, capfd) -> None:
