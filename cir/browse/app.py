@@ -43,11 +43,11 @@ def build(browser: Browser):
             with gr.Column(scale=1, min_width=320):
                 source = gr.Radio(list(SOURCES), value=BENCHMARK if has_queries else UPLOAD, label="Query from", elem_id="cir-source")
                 search = gr.Textbox(label="Search captions and ids", elem_id="cir-search")
-                show = gr.Radio(list(SHOW), value="all", label="Queries whose target is in the top K", elem_id="cir-show")
+                show = gr.Radio(list(SHOW), value="all", label="Queries whose target model A ranks in the top K", elem_id="cir-show")
                 first = browser.query_choices("", "all", "slerp", browser.alpha)
                 query = gr.Dropdown(first, value=first[0][1] if first else None, label="Benchmark query", elem_id="cir-query")
                 upload = gr.File(label="Or upload a reference image", type="filepath", height=120, elem_id="cir-upload")
-                caption = gr.Textbox(label="Relative caption (for the upload)", elem_id="cir-caption")
+                caption = gr.Textbox(label="Relative caption for the upload (Enter applies it)", elem_id="cir-caption")
                 method = gr.Radio(list(METHODS), value="slerp", label="Composition", elem_id="cir-method")
                 alpha = gr.Slider(0.0, 1.0, value=browser.alpha, step=0.05, label="alpha (Slerp: 0 image, 1 text)", elem_id="cir-alpha")
                 export = gr.Button("Export panel as PNG", elem_id="cir-export")
@@ -97,6 +97,7 @@ def build(browser: Browser):
         query.select(lambda: BENCHMARK, None, source)
         for trigger in (search.submit, show.change):
             trigger(choices, [search, show, method, alpha], query)
+
         def disagree(method_name, alpha_value):
             rows = browser.disagreement_rows(method_name, alpha_value)
             return rows, f"click a row to show it · ranked at {browser.composition(method_name, alpha_value)}"
