@@ -48,7 +48,7 @@ def decode_rgb(data: bytes) -> torch.Tensor:
     """Encoded image -> uint8 (3, H, W) RGB, the pixels load_rgb gives (channels-last memory).
 
     Baseline RGB JPEGs (what img2dataset writes) go through torchvision's
-    libjpeg-turbo decoder straight into a tensor, once PIL has read the header
+    JPEG decoder (libjpeg) straight into a tensor, once PIL has read the header
     (size, for the same decompression-bomb limit as load_rgb, and colour mode);
     anything else (grayscale or CMYK JPEG, PNG, WebP, ...) through load_rgb.
     """

@@ -17,7 +17,7 @@ from cir.data.transforms import Uint8RandomResizedCrop
 from cir.schema import FitConfig
 
 STEPS = 6
-TOLERANCE = 2e-4  # measured: the two curves agree to 5e-5 (pixels differ by at most 2 grey levels, rarely)
+TOLERANCE = 2e-4  # measured: the two curves agree to 4e-5 (pixels differ by at most 2 grey levels, rarely)
 TINY = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=16", "data.shuffle_buffer=0",
         "trainer.accelerator=cpu", "trainer.devices=1", "optim.lr=3e-3", "optim.warmup_steps=2", "model.lora.dropout=0.0",
         f"trainer.max_steps={STEPS}"]
