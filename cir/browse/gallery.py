@@ -19,7 +19,7 @@ from cir.browse.session import Gallery
 from cir.config import ConfigError, check_kwargs
 from cir.data.benchmarks.base import CIRBenchmark
 from cir.eval.evaluator import BenchmarkEvaluator
-from cir.eval.features import FeatureCache
+from cir.eval.features import FeatureCache, Features
 from cir.eval.run import check_eval_config, encode
 from cir.eval.splits import benchmark_splits
 from cir.models import Backbone, create_backbone
@@ -110,4 +110,5 @@ def encode_gallery(cfg: DictConfig, backbone: Backbone, bench: CIRBenchmark, lab
     except OSError as err:  # PIL's UnidentifiedImageError and missing files: name the file, keep the server up
         raise GalleryError(f"could not encode the gallery: {err}") from err
     ((bench, index, feats),) = evaluator.features()
-    return Gallery(label, bench, index, feats, backbone)
+    # Fresh features sit where Lightning encoded them (a GPU), cached ones on the CPU: the page ranks on the CPU.
+    return Gallery(label, bench, index, Features(feats.image.cpu(), feats.text.cpu()), backbone)
