@@ -33,6 +33,17 @@ from cir.training import check_fit_config
 CONFIG_FILE = "config.yaml"  # cir.fit and cir.evaluate write their resolved config here; for cir.submit the runner does
 CLIS = ("fit", "evaluate", "submit")
 SUBMISSION_GLOB = "*_submission.json"
+# Where a run ran, not what it computed: slurm/tat.sbatch sets them from the job's allocation.
+LAUNCH_KEYS = ("trainer.num_nodes", "trainer.devices")
+
+
+def _without_launch(cfg: DictConfig) -> str:
+    plain = OmegaConf.create(to_yaml(cfg))
+    for key in LAUNCH_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(plain.get(section), DictConfig):
+            plain[section].pop(name, None)
+    return to_yaml(plain)
 
 
 @dataclass(frozen=True)
@@ -66,8 +77,11 @@ class CliCall:
         return (self.out / ("run.json" if self.cli == "fit" else "metrics.json")).is_file()
 
     def same_config(self) -> bool:
+        """The folder's config.yaml is the one this call would run with (the launch shape aside, see LAUNCH_KEYS)."""
         written = self.out / CONFIG_FILE
-        return written.is_file() and written.read_text() == to_yaml(self.resolve())
+        if not written.is_file():
+            return False
+        return _without_launch(OmegaConf.create(written.read_text())) == _without_launch(self.resolve())
 
     def done(self) -> bool:
         return self.completed() and self.same_config()

@@ -79,6 +79,9 @@ def test_a_call_is_done_only_with_its_own_config_written(tmp_path) -> None:
     (tmp_path / "config.yaml").write_text(to_yaml(call.resolve()))
     assert call.done()
     assert not _call(tmp_path, "eval.examples=2").done()
+    # slurm/tat.sbatch appends the allocation's shape: the same run on other devices is still done
+    (tmp_path / "config.yaml").write_text(to_yaml(_call(tmp_path, "trainer.devices=4", "trainer.num_nodes=2").resolve()))
+    assert call.done()
 
 
 def test_stage_config_errors_name_the_stage_and_the_demo_section(tmp_path) -> None:
