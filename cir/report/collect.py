@@ -51,13 +51,13 @@ def _read(path: Path) -> dict[str, Any]:
 def method_label(pretrained: str) -> str:
     """Slerp on the weights as published, or what the fine-tuning run that wrote the export says it was."""
     export = Path(pretrained)
-    for record in (export.parent / "run.json", export / "run.json"):
-        if export.exists() and record.is_file():
-            run = _read(record)
-            if run.get("task") == "supervised":
-                return "supervised"
-            return ANCHOR_METHODS.get(run.get("config", {}).get("model", {}).get("anchor", ""), "Slerp + TAT")
-    return "Slerp"
+    record = export.parent / "run.json"  # cir.fit writes export.pt (or the BLIP export/ folder) beside run.json
+    if not (export.exists() and record.is_file()):
+        return "Slerp"
+    run = _read(record)
+    if run.get("task") == "supervised":
+        return "supervised"
+    return ANCHOR_METHODS.get(run.get("config", {}).get("model", {}).get("anchor", ""), "Slerp + TAT")
 
 
 def cell_record(folder: Path, roots: list[Path]) -> dict[str, Any] | None:
