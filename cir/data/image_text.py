@@ -9,10 +9,11 @@ import torch
 
 from cir.config import ConfigError
 from cir.data.shards import image_text_loader, image_text_pipeline
+from cir.data.transforms import NormaliseOnDevice
 from cir.data.validation import ZeroShotValidationData
 
 
-class ImageTextDataModule(ZeroShotValidationData, L.LightningDataModule):
+class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.LightningDataModule):
     """Builds the shard loader once the process group exists, so shards split by the real rank."""
 
     def __init__(

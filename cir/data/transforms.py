@@ -22,10 +22,12 @@ import io
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning_utilities.core.apply_func import apply_to_collection
 from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -135,3 +137,20 @@ def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
     if first.dtype == torch.uint8 and first.ndim == 3 and first.stride(0) == 1:
         return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
     return default_collate(list(images))
+
+
+class NormaliseOnDevice:
+    """LightningDataModule mixin: a batch of uint8 images (from a Uint8RandomResizedCrop training transform) becomes
+    open_clip's normalised floats once it is on the device, once per batch; everything else passes through.
+
+    Lightning calls the DataModule's on_after_batch_transfer for every batch it moves, since the DataModule owns
+    the data (and the transform that knows the normalisation); validation batches are floats already.
+    """
+
+    image_transform: Callable
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        crop = self.image_transform
+        if not isinstance(crop, Uint8RandomResizedCrop):
+            return batch
+        return apply_to_collection(batch, torch.Tensor, lambda t: crop.to_float(t) if t.dtype == torch.uint8 and t.ndim == 4 else t)

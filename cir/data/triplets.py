@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from cir.data.benchmarks import load_benchmarks
 from cir.data.benchmarks.base import CIRBenchmark
 from cir.data.images import load_rgb
+from cir.data.transforms import NormaliseOnDevice
 from cir.data.validation import ZeroShotValidationData
 
 _SHOWN_MISSING = 5
@@ -98,7 +99,7 @@ class TripletDataset(Dataset):
         return reference, self.tokenize([t.caption])[0], target
 
 
-class TripletDataModule(ZeroShotValidationData, L.LightningDataModule):
+class TripletDataModule(NormaliseOnDevice, ZeroShotValidationData, L.LightningDataModule):
     """Shuffled full batches: under DDP Lightning swaps in its DistributedSampler, and drop_last keeps ranks in step.
 
     Validation loaders are the periodic zero-shot evaluator's (ZeroShotValidationData).
@@ -109,6 +110,7 @@ class TripletDataModule(ZeroShotValidationData, L.LightningDataModule):
         if batch_size <= 0 or num_workers < 0:
             raise ValueError(f"batch_size must be positive and num_workers 0 or more, got {batch_size}, {num_workers}")
         self.dataset = dataset
+        self.image_transform = dataset.image_transform
         self.batch_size = batch_size
         self.num_workers = num_workers
 

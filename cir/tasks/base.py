@@ -9,7 +9,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -25,7 +24,7 @@ def training_transform(cfg: DictConfig, backbone: Backbone) -> Callable:
     """The backbone's training transform with `model.aug_cfg` applied (bad settings name the key).
 
     open_clip's plain augmentation becomes its uint8 version (cir.data.transforms: same crops, a fraction
-    of the loader's CPU time), whose batches ContrastiveTask.on_after_batch_transfer normalises on the device.
+    of the loader's CPU time), whose batches the DataModule normalises on the device (transforms.NormaliseOnDevice).
     """
     try:
         transform = train_transform(backbone, OmegaConf.to_container(cfg.model.aug_cfg))
@@ -86,19 +85,6 @@ class ContrastiveTask(EvaluatorEncoding, L.LightningModule, TemperatureMixin):
 
     def attach_evaluator(self, evaluator: BenchmarkEvaluator | None) -> None:
         self.evaluator = evaluator
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 image batches (from training_transform) become open_clip's normalised floats here, once per batch
-        and after the transfer, so the host copies a quarter of the bytes and the GPU does the arithmetic."""
-        return apply_to_collection(batch, torch.Tensor, self._images_to_float)
-
-    def _images_to_float(self, tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.dtype != torch.uint8 or tensor.ndim != 4:
-            return tensor
-        images = uint8_version(self.backbone.preprocess_train)
-        if images is None:
-            raise TypeError(f"uint8 images in a batch, but {self.backbone.name}'s transform has no open_clip normalisation")
-        return images.to_float(tensor)
 
     def logs_this_step(self) -> bool:
         """Whether Lightning writes this step's logs: its own rule (every trainer.log_every_n_steps steps, as its logger

@@ -71,19 +71,17 @@ def test_uint8_batches_train_like_open_clips_float_transform(tmp_path, monkeypat
     assert np.allclose(new, old, atol=TOLERANCE, rtol=0), (old, new)
 
 
-def test_the_hook_turns_uint8_images_into_open_clips_floats_and_leaves_the_rest():
-    from omegaconf import OmegaConf
-
+def test_the_hook_turns_uint8_images_into_open_clips_floats_and_leaves_the_rest(tmp_path):
     from cir.data.samples import ImageTextBatch
     from cir.data.transforms import uint8_version
-    from cir.tasks.tat import TextAnchoredTuning
 
-    module = TextAnchoredTuning(OmegaConf.to_container(load_config(FitConfig, None, TINY), resolve=True))
+    cfg = load_config(FitConfig, None, [*TINY, f"data.train_shards={photo_shards(tmp_path / 'shards', count=4)}"])
+    module, data = training.build_task(cfg)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     batch = ImageTextBatch(images, torch.randint(0, 100, (2, 77)), torch.zeros(6, dtype=torch.long))
-    out = module.on_after_batch_transfer(batch, 0)
+    out = data.on_after_batch_transfer(batch, 0)
     assert isinstance(out, ImageTextBatch) and out.texts is batch.texts and out.skipped is batch.skipped
     assert torch.equal(out.images, uint8_version(module.backbone.preprocess_train).to_float(images))
     assert out.images.dtype == torch.float32 and out.images.min() < -1 and out.images.max() > 1
     floats = torch.rand(2, 3, 32, 32)
-    assert module.on_after_batch_transfer([floats], 0)[0] is floats
+    assert data.on_after_batch_transfer([floats], 0)[0] is floats
