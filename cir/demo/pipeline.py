@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,7 @@ from cir.data.synth import SynthSizes, shard_urls
 from cir.demo.gap import held_out_pairs, measure_gap
 from cir.demo.report import ModelRun, write_report
 from cir.demo.schema import STAGE_SECTIONS, DemoConfig
-from cir.demo.stages import InProcessCall, SynthStage
-from cir.grid.stages import Stage, flatten_overrides, run_stages
+from cir.demo.stages import CliCall, Stage, SynthStage, flatten_overrides, run_stages
 from cir.io import write_json
 from cir.models import create_backbone
 
@@ -25,6 +25,7 @@ EXPORT = "export.pt"
 GAP_FILE = "gap.json"
 EVAL_SPLITS = ("val", "train")  # report on val; Slerp's alpha is chosen on train, which zero-shot models never see
 TAT_LABELS = {"text": "TAT (text anchor)", "image": "image anchor", "none": "no anchor"}
+FEATURES = "features/cirr-val.npz"  # eval.save_features=true: what the report recomputes per-query hits from
 SUPERVISED_STARTS = {"tat_text": "TAT", "pretrain": "pretrained"}
 
 
@@ -46,31 +47,47 @@ class Layout:
         return self.root / stage / EXPORT
 
 
+def seeded(name: str, seed: int) -> str:
+    """A trained stage's name (and folder) for one training seed: pretrain -> pretrain_s0."""
+    return f"{name}_s{seed}"
+
+
 def pending_shards(synth: Path) -> Callable[[str], str]:
     """Stand-in shard patterns for checking stage configs before the benchmark exists (never read)."""
     return lambda set_name: str(synth.resolve() / "shards" / f"{set_name}-pending.tar")
 
 
 def build_plan(cfg: DictConfig, config_dir: Path, shards: Callable[[str], str]) -> tuple[list[Stage], list[ModelRun]]:
-    """Every stage after the benchmark, in run order, and the models the report compares.
+    """Every stage after the benchmark, in run order (seed by seed), and the models the report compares.
 
     `shards(set_name)` gives a shard set's brace pattern (cir.data.synth.shard_urls once generated).
+    Every training seed of demo.seeds pretrains, tunes and fine-tunes its own models on the one benchmark.
     """
     where = Layout(Path(cfg.output_dir))
-    seed = cfg.demo.seed
+    stages: list[Stage] = []
+    models: list[ModelRun] = []
+    for seed in cfg.demo.seeds:
+        plan_seed(cfg, config_dir, shards, where, seed, stages, models)
+    return stages, models
+
+
+def plan_seed(cfg: DictConfig, config_dir: Path, shards: Callable[[str], str], where: Layout, seed: int,
+              stages: list[Stage], models: list[ModelRun]) -> None:
+    """One training seed's stages and models, appended to `stages` and `models`."""
     files = {section: (config_dir / cfg.configs[section]).resolve() for section in STAGE_SECTIONS}
     user = {section: flatten_overrides(cfg[section]) for section in STAGE_SECTIONS}
 
-    def call(cli: str, section: str, out: Path, wiring: dict) -> InProcessCall:
+    def call(cli: str, section: str, out: Path, wiring: dict) -> CliCall:
         # the demo's wiring comes last: outputs stay where the next stages look for them
         wiring = {"output_dir": str(out), "seed": seed, **wiring}
-        return InProcessCall(cli, section, files[section], (*user[section], *flatten_overrides(wiring)), out)
+        return CliCall(cli, section, files[section], (*user[section], *flatten_overrides(wiring)), out)
 
     def train(section: str, name: str, title: str, needs: str, wiring: dict) -> Stage:
-        return Stage(name, title, (call("fit", section, where.root / name, wiring),), (needs,))
+        name = seeded(name, seed)
+        return Stage(name, f"{title}, seed {seed}", (call("fit", section, where.root / name, wiring),), (needs,))
 
-    stages: list[Stage] = []
-    models: list[ModelRun] = []
+    def export(name: str) -> str:
+        return str(where.export(seeded(name, seed)))
 
     def add_model(stage: Stage, label: str) -> None:
         name = f"eval_{stage.name}"
@@ -86,31 +103,38 @@ def build_plan(cfg: DictConfig, config_dir: Path, shards: Callable[[str], str]) 
 
         def gap() -> None:
             backbone = create_backbone(calls[0].resolve().model.name, str(export))
-            write_json(folder / GAP_FILE, measure_gap(backbone, held_out_pairs(where.cirr, cfg.demo.gap_split, seed)))
+            pairs = held_out_pairs(where.cirr, cfg.demo.gap_split, cfg.demo.seed)  # one set of pairs for all seeds
+            write_json(folder / GAP_FILE, measure_gap(backbone, pairs))
 
         evaluated = Stage(name, f"zero-shot evaluation of {label} ({' and '.join(EVAL_SPLITS)}), modality gap",
                           calls, (stage.name,), after=gap, after_output=folder / GAP_FILE)
         stages.extend([stage, evaluated])
-        models.append(ModelRun(stage.name, label, folder / "val", folder / "train", folder / GAP_FILE))
+        models.append(ModelRun(stage.name.removesuffix(f"_s{seed}"), label, folder / "val", folder / "train",
+                               folder / GAP_FILE, seed, folder / "val" / FEATURES))
 
     add_model(train("pretrain", "pretrain", "pretrain a tiny CLIP from scratch, both towers", "synth",
                     {"data.train_shards": shards("pretrain")}), "pretrained CLIP")
-    for anchor, label in TAT_LABELS.items():
-        add_model(train("tat", f"tat_{anchor}", f"LoRA tuning on the tune shards, {label}", "pretrain", {
-            "model.anchor": anchor, "model.pretrained": str(where.export("pretrain")),
-            "data.train_shards": shards("tune"),
+    for anchor in cfg.demo.anchors:
+        label = TAT_LABELS[anchor]
+        add_model(train("tat", f"tat_{anchor}", f"LoRA tuning on the tune shards, {label}", seeded("pretrain", seed), {
+            "model.anchor": anchor, "model.pretrained": export("pretrain"), "data.train_shards": shards("tune"),
         }), label)
     if cfg.demo.supervised:
         for start, label in SUPERVISED_STARTS.items():
             add_model(train("supervised", f"sup_from_{start}", f"supervised fine-tuning from the {label} weights",
-                            start, {"init_from": str(where.export(start)), "supervised.train.root": str(where.cirr)}),
+                            seeded(start, seed), {"init_from": export(start), "supervised.train.root": str(where.cirr)}),
                       f"supervised from {label}")
-    return stages, models
 
 
 def load_demo_config(path: str | Path, overrides: list[str], raw: DictConfig | None = None) -> DictConfig:
     cfg = load_config(DemoConfig, path, overrides, free_form=STAGE_SECTIONS, raw=raw)
     require(cfg.task == "demo", "task", "demo", cfg.task)
+    require(len(cfg.demo.seeds) > 0 and len(set(cfg.demo.seeds)) == len(cfg.demo.seeds), "demo.seeds",
+            "a list of distinct training seeds", list(cfg.demo.seeds))
+    unknown = sorted(set(cfg.demo.anchors) - set(TAT_LABELS))
+    require(not unknown, "demo.anchors", f"anchors from {list(TAT_LABELS)}", list(cfg.demo.anchors))
+    require(not cfg.demo.supervised or "text" in cfg.demo.anchors, "demo.anchors",
+            "text among them when demo.supervised is true (one fine-tuning starts from TAT)", list(cfg.demo.anchors))
     try:
         SynthSizes(**cfg.synth)
     except ValueError as err:
@@ -135,7 +159,7 @@ def quiet_logs() -> Iterator[None]:
 
 def main(path: str, overrides: list[str], echo: Callable[[str], None] = print, raw: DictConfig | None = None) -> Path:
     """usage: python -m cir.fit experiments/demo.yaml [key=value ...]"""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     cfg = load_demo_config(path, overrides, raw)
     config_dir = Path(path).resolve().parent
     where = Layout(Path(cfg.output_dir))
@@ -151,4 +175,10 @@ def main(path: str, overrides: list[str], echo: Callable[[str], None] = print, r
         ran = run_stages([synth], rerun, cfg.demo.fresh, echo, total=total)
         stages, models = build_plan(cfg, config_dir, lambda set_name: shard_urls(where.synth, set_name))
         run_stages(stages, rerun, cfg.demo.fresh, echo, ran=ran, first=2, total=total)
-    return write_report(where.root, models, time.perf_counter() - start, echo)
+    return write_report(where.root, models, time.perf_counter() - start, echo, cpu_seconds() - cpu_start)
+
+
+def cpu_seconds() -> float:
+    """User + sys time of this process and its finished children (data-loader workers), as the report states it."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))

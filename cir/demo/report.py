@@ -1,19 +1,35 @@
-"""What the demo shows: the paper's table on the generated benchmark, the modality gap, and which findings held.
+"""What the demo shows: the paper's table on the generated benchmark over training seeds, the modality gap, and
+which findings held, each judged by a 95 % interval (cir.demo.stats).
 
-Slerp's alpha for every model is the best R@1 of the sweep on the benchmark's
-train split (queries zero-shot models never see), and every number is reported
-on val, so the comparison does not pick alphas on the numbers it reports.
+Slerp's alpha for every model and seed is the best R@1 of the sweep on the
+benchmark's train split (queries zero-shot models never see), and every number
+is reported on val, so the comparison does not pick alphas on the numbers it
+reports. Per-query hits come from the val evaluation's exported features.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+import platform
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from cir.demo.hits import load_features, query_hits
+from cir.demo.stats import (
+    HELD,
+    NOISE,
+    REVERSED,
+    Interval,
+    mean_spread,
+    paired_bootstrap,
+    seed_interval,
+)
 from cir.eval.report import sweep_figure
 from cir.io import atomic_write_text
 from cir.slerp import method_key, parse_method_key
@@ -22,34 +38,64 @@ COLUMNS = ("R@1", "R@5", "R@10", "Rsub@1")
 BASELINES = ("image", "text", "sum")
 BASELINE_LABELS = {"image": "image only", "text": "text only", "sum": "sum", "slerp": "Slerp"}
 PRETRAINED, TAT, IMAGE_ANCHOR, NO_ANCHOR = "pretrain", "tat_text", "tat_image", "tat_none"
+NOT_JUDGED = "not judged"
 
 
 @dataclass(frozen=True)
 class ModelRun:
-    """One model of the comparison: its stage name, label, evaluation folders (metrics.json) and gap file."""
+    """One model of one training seed: its name (seed left out), label, evaluation folders, gap file, and the
+    val evaluation's exported features (per-query hits)."""
 
     name: str
     label: str
     val_dir: Path
     train_dir: Path
     gap_file: Path
+    seed: int = 0
+    features: Path | None = None
 
 
 @dataclass(frozen=True)
-class Row:
-    """One line of the table: a model, a method and its val metrics (alpha: Slerp's, chosen on train)."""
+class SeedResult:
+    """One model at one seed: Slerp's alpha (chosen on train), val metrics per method, gap record, val R@1 hits."""
 
     run: ModelRun
-    method: str
-    alpha: float | None
-    metrics: dict[str, float]
+    alpha: float
+    val: dict[str, dict[str, float]]
+    gap: dict[str, float]
+    hits: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
 class Finding:
+    """One of the paper's claims: each comparison (paper's side minus the alternative) with its interval."""
+
     claim: str
-    held: bool
-    evidence: str
+    parts: tuple[tuple[str, Interval | None], ...]
+    details: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """'held' if every comparison held, 'reversed' if any reversed, else 'within noise' (or not judged)."""
+        verdicts = [NOT_JUDGED if interval is None else interval.verdict() for _, interval in self.parts]
+        if NOT_JUDGED in verdicts:
+            return NOT_JUDGED
+        if REVERSED in verdicts:
+            return REVERSED
+        return HELD if all(v == HELD for v in verdicts) else NOISE
+
+    @property
+    def held(self) -> bool:
+        return self.verdict == HELD
+
+    @property
+    def evidence(self) -> str:
+        def one(what: str, interval: Interval | None) -> str:
+            if interval is None:
+                return f"{what}: needs 2 seeds for an interval"
+            return f"{what} {interval.text(3 if 'gap' in what else 2)} ({interval.method}, n={interval.n})"
+
+        return "; ".join(one(*part) for part in self.parts) + (f"; {self.details}" if self.details else "")
 
 
 def split_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -70,101 +116,174 @@ def best_alpha(table: dict[str, dict[str, float]], metric: str = "R@1") -> float
     return max(sweep, key=lambda item: (item[1][metric], item[1].get("R@5", 0.0), -item[0]))[0]
 
 
-def findings(slerp: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]], gaps: dict[str, float]) -> list[Finding]:
-    """The paper's four claims on val R@1: `slerp` maps model -> metrics at its chosen alpha, `baselines`
-    the pretrained model's image / text / sum rows, `gaps` model -> modality gap."""
-    def r1(row: dict[str, float]) -> str:
-        return f"{row['R@1']:.2f}"
-
-    pre, tat, img, none = (slerp[m] for m in (PRETRAINED, TAT, IMAGE_ANCHOR, NO_ANCHOR))
-    best_baseline = max(BASELINES, key=lambda b: baselines[b]["R@1"])
-    return [
-        Finding("Slerp beats image only, text only and sum (pretrained model)",
-                all(pre["R@1"] > baselines[b]["R@1"] for b in BASELINES),
-                f"Slerp {r1(pre)} vs " + ", ".join(f"{BASELINE_LABELS[b]} {r1(baselines[b])}" for b in BASELINES)
-                + f" (best baseline: {BASELINE_LABELS[best_baseline]})"),
-        Finding("TAT raises Slerp R@1 over the pretrained model", tat["R@1"] > pre["R@1"],
-                f"TAT {r1(tat)} vs pretrained {r1(pre)}"),
-        Finding("Text anchoring beats image anchoring and no anchoring", tat["R@1"] > max(img["R@1"], none["R@1"]),
-                f"text {r1(tat)} vs image {r1(img)}, none {r1(none)}"),
-        Finding("TAT narrows the modality gap", gaps[TAT] < gaps[PRETRAINED],
-                f"gap {gaps[PRETRAINED]:.3f} -> {gaps[TAT]:.3f}"),
-    ]
-
-
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; rerun the demo with demo.rerun=[<the stage that writes it>]")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def collect(models: list[ModelRun]) -> tuple[list[Row], dict[str, dict[str, dict[str, float]]], dict[str, dict]]:
-    """The table's rows, every model's val metrics per method (label -> method -> metric), and the gap records."""
-    rows: list[Row] = []
-    sweeps, gaps = {}, {}
+def collect(models: Sequence[ModelRun]) -> dict[str, list[SeedResult]]:
+    """Every model's results, seed by seed (model name -> one SeedResult per seed, in run order)."""
+    results: dict[str, list[SeedResult]] = {}
     for run in models:
         val = split_metrics(_load(run.val_dir / "metrics.json"))
         alpha = best_alpha(split_metrics(_load(run.train_dir / "metrics.json")))
-        if run.name == PRETRAINED:
-            rows += [Row(run, b, None, val[b]) for b in BASELINES]
-        rows.append(Row(run, "slerp", alpha, val[method_key("slerp", alpha)]))
-        sweeps[run.label] = {m: v for m, v in val.items() if run.name == PRETRAINED or m.startswith("slerp")}
-        gaps[run.name] = _load(run.gap_file)
-    return rows, sweeps, gaps
+        hits: dict[str, np.ndarray] = {}
+        if run.features is not None:
+            features = load_features(run.features)
+            hits = {m: query_hits(features, m, alpha if m == "slerp" else None) for m in reported_methods(run.name)}
+        results.setdefault(run.name, []).append(SeedResult(run, alpha, val, _load(run.gap_file), hits))
+    return results
 
 
-def results_markdown(rows: list[Row], gaps: dict[str, dict], models: list[ModelRun], found: list[Finding] | None,
-                     wall_s: float) -> str:
+def reported_methods(name: str) -> list[str]:
+    """The baselines on the pretrained model, Slerp on every model."""
+    return [*BASELINES, "slerp"] if name == PRETRAINED else ["slerp"]
+
+
+def method_metrics(result: SeedResult, method: str) -> dict[str, float]:
+    return result.val[method_key("slerp", result.alpha) if method == "slerp" else method]
+
+
+def r1(result: SeedResult, method: str = "slerp") -> float:
+    return method_metrics(result, method)["R@1"]
+
+
+def stacked(results: list[SeedResult], method: str) -> np.ndarray | None:
+    """(seeds, queries) hits of `method`, None where the features were not read."""
+    if any(method not in r.hits for r in results):
+        return None
+    return np.stack([r.hits[method] for r in results])
+
+
+def training_interval(ours: list[SeedResult], theirs: list[SeedResult], value: Callable[[SeedResult], float],
+                      paired_hits: bool = True) -> Interval | None:
+    """A difference that involves training: t interval over the seeds' paired differences; with one seed, the
+    paired bootstrap over queries (query noise only) where hits exist, else None."""
+    if [r.run.seed for r in ours] != [r.run.seed for r in theirs]:
+        raise ValueError("the two models were trained with different seeds: no paired difference")
+    if len(ours) >= 2:
+        return seed_interval(np.array([value(a) - value(b) for a, b in zip(ours, theirs)]))
+    a, b = stacked(ours, "slerp"), stacked(theirs, "slerp")
+    if not paired_hits or a is None or b is None:
+        return None
+    interval = paired_bootstrap(a, b)
+    return Interval(interval.estimate, interval.low, interval.high,
+                    "paired bootstrap over queries, one seed: training noise not measured", interval.n)
+
+
+def per_seed(values: Sequence[float], digits: int = 2) -> str:
+    return ", ".join(f"{v:+.{digits}f}" for v in values)
+
+
+def findings(results: dict[str, list[SeedResult]]) -> list[Finding]:
+    """The paper's four claims on val R@1, for the models present (a claim whose models are missing is left out)."""
+    found: list[Finding] = []
+    pre = results[PRETRAINED]
+    slerp = stacked(pre, "slerp")
+    if slerp is not None:
+        parts = tuple((f"Slerp - {BASELINE_LABELS[b]}", paired_bootstrap(slerp, stacked(pre, b))) for b in BASELINES)
+        found.append(Finding("Slerp beats image only, text only and sum (pretrained model)", parts))
+    if TAT in results:
+        tat = results[TAT]
+        diffs = [r1(a) - r1(b) for a, b in zip(tat, pre)]
+        found.append(Finding("TAT raises Slerp R@1 over the pretrained model",
+                             (("TAT - pretrained", training_interval(tat, pre, r1)),), f"per seed {per_seed(diffs)}"))
+    if {TAT, IMAGE_ANCHOR, NO_ANCHOR} <= set(results):
+        parts = tuple((f"text - {other}", training_interval(results[TAT], results[name], r1))
+                      for name, other in ((IMAGE_ANCHOR, "image anchor"), (NO_ANCHOR, "no anchor")))
+        found.append(Finding("Text anchoring beats image anchoring and no anchoring", parts))
+    if TAT in results:
+        def gap(result: SeedResult) -> float:
+            return -result.gap["gap"]  # narrowing is the paper's side: pretrained gap - TAT gap > 0
+
+        found.append(Finding("TAT narrows the modality gap",
+                             (("gap narrowed by", training_interval(results[TAT], pre, gap, paired_hits=False)),),
+                             "gap " + " -> ".join(f"{np.mean([r.gap['gap'] for r in rs]):.3f}" for rs in (pre, results[TAT]))))
+    return found
+
+
+def machine() -> str:
+    """The CPU, cores and torch threads the numbers were measured with (another CPU takes other float paths)."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"{platform.system()} {platform.release()}")
+
+
+def cell(values: Sequence[float], digits: int = 2) -> str:
+    mean, spread = mean_spread(np.array(values))
+    return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {spread:.{digits}f}"
+
+
+def results_markdown(results: dict[str, list[SeedResult]], found: list[Finding], wall_s: float, cpu_s: float) -> str:
+    seeds = [r.run.seed for r in results[PRETRAINED]]
     lines = [
         "# Embedded demo: Slerp + TAT on the generated compositional benchmark",
         "",
         "CIRR-layout val split of the generated benchmark (cir.data.synth); a tiny CLIP pretrained from scratch stands",
-        "in for OpenAI CLIP. Slerp's alpha: the best R@1 of the sweep on the train split; all numbers on val (percent).",
-        "Supervised rows: Slerp with the fine-tuned weights (their alpha, too, from train: their own training split).",
+        "in for OpenAI CLIP. Slerp's alpha: the best R@1 of the sweep on the train split, per seed; all numbers on val",
+        f"(percent), mean ± standard deviation over the training seeds {', '.join(map(str, seeds))}: each seed",
+        "pretrains, tunes and fine-tunes its own models on the same benchmark (one seed: no spread).",
         "",
-        "| model | method | alpha | " + " | ".join(COLUMNS) + " |",
+        "| model | method | alpha per seed | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|" + "---|" * len(COLUMNS),
     ]
-    for row in rows:
-        cells = " | ".join(f"{row.metrics.get(c, float('nan')):.2f}" for c in COLUMNS)
-        alpha = "" if row.alpha is None else row.alpha
-        lines.append(f"| {row.run.label} | {BASELINE_LABELS[row.method]} | {alpha} | {cells} |")
+    for rs in results.values():
+        for method in reported_methods(rs[0].run.name):
+            alphas = ", ".join(str(r.alpha) for r in rs) if method == "slerp" else ""
+            cells = " | ".join(cell([method_metrics(r, method).get(c, float("nan")) for r in rs]) for c in COLUMNS)
+            lines.append(f"| {rs[0].run.label} | {BASELINE_LABELS[method]} | {alphas} | {cells} |")
     lines += ["", "Modality gap (distance between the mean image and mean caption embedding; held-out pairs):", "",
               "| model | gap | pair cosine |", "|---|---|---|"]
-    for run in models:
-        gap = gaps[run.name]
-        lines.append(f"| {run.label} | {gap['gap']:.3f} | {gap['pair_cosine']:.3f} |")
-    if found is not None:
-        lines += ["", "## The paper's findings here", ""]
-        lines += [f"- {'held' if f.held else 'did NOT hold'}: {f.claim} ({f.evidence})" for f in found]
-        if not all(f.held for f in found):
-            lines += ["", "What was tried to make them hold, with its numbers: README.md, section \"The embedded demo\"."]
-    lines += ["", f"Wall time of this run: {wall_s / 60:.1f} min (stages skipped as done before take no time).", ""]
+    for rs in results.values():
+        lines.append(f"| {rs[0].run.label} | {cell([r.gap['gap'] for r in rs], 3)} | "
+                     f"{cell([r.gap['pair_cosine'] for r in rs], 3)} |")
+    if found:
+        lines += ["", "## The paper's findings here", "",
+                  "Each comparison: the paper's side minus the alternative, with its 95 % interval. Between methods on",
+                  "the same models: a paired bootstrap over queries (hits averaged over seeds). Between trained models:",
+                  "a t interval over the seeds' paired differences (training noise included). held: the interval",
+                  "excludes zero on the paper's side; reversed: on the other side; else within noise.", ""]
+        lines += [f"- **{f.verdict}**: {f.claim}: {f.evidence}" for f in found]
+    lines += ["", f"Measured on: {machine()}.",
+              (f"Wall time of this run: {wall_s / 60:.1f} min; CPU time (user + sys, this process and its workers): "
+               f"{cpu_s / 60:.1f} min (stages skipped as done before take no time)."), ""]
     return "\n".join(lines)
 
 
-def write_report(root: Path, models: list[ModelRun], wall_s: float, echo: Callable[[str], None] = print) -> Path:
+def mean_sweeps(results: dict[str, list[SeedResult]]) -> dict[str, float]:
+    """Every model's val metrics averaged over seeds, flat as `<label>/val/<method>/<metric>` for sweep_figure."""
+    flat: dict[str, float] = {}
+    for rs in results.values():
+        for method, row in rs[0].val.items():
+            if rs[0].run.name == PRETRAINED or method.startswith("slerp"):
+                for metric in row:
+                    flat[f"{rs[0].run.label}/val/{method}/{metric}"] = float(np.mean([r.val[method][metric] for r in rs]))
+    return flat
+
+
+def write_report(root: Path, models: Sequence[ModelRun], wall_s: float, echo: Callable[[str], None] = print,
+                 cpu_s: float = 0.0) -> Path:
     """results.md, alpha_sweep.png and a TensorBoard summary under `root`; prints the table and where they are."""
-    rows, sweeps, gap_records = collect(models)
-    names = {run.name for run in models}
-    found = None
-    if {PRETRAINED, TAT, IMAGE_ANCHOR, NO_ANCHOR} <= names:
-        slerp = {row.run.name: row.metrics for row in rows if row.method == "slerp"}
-        baselines = {row.method: row.metrics for row in rows if row.run.name == PRETRAINED and row.method != "slerp"}
-        found = findings(slerp, baselines, {name: record["gap"] for name, record in gap_records.items()})
-    text = results_markdown(rows, gap_records, models, found, wall_s)
+    results = collect(models)
+    text = results_markdown(results, findings(results), wall_s, cpu_s)
     atomic_write_text(root / "results.md", text)
-    flat = {f"{label}/val/{method}/{metric}": value
-            for label, table in sweeps.items() for method, row in table.items() for metric, value in row.items()}
+    flat = mean_sweeps(results)
     figure = sweep_figure(flat, metric_names=("R@1",))
-    figure.axes[0].set_title("val R@1 against Slerp alpha")
+    figure.axes[0].set_title("val R@1 against Slerp alpha (mean over seeds)")
     figure.tight_layout()
     figure.savefig(root / "alpha_sweep.png", dpi=120)
     logger = TensorBoardLogger(str(root), name="tensorboard", version="summary", default_hp_metric=False)
     logger.experiment.add_text("results", text, 0)
     logger.experiment.add_figure("alpha_sweep", figure, 0)
-    logger.log_metrics({f"{row.run.name}/{row.method}/{metric}": value for row in rows
-                        for metric, value in row.metrics.items() if metric in COLUMNS}, step=0)
+    logger.log_metrics({f"{name}/{method}/{metric}": value for name, rs in results.items()
+                        for method in reported_methods(name) for metric in COLUMNS
+                        if not np.isnan(value := float(np.mean([method_metrics(r, method).get(metric, np.nan) for r in rs])))},
+                       step=0)
     logger.finalize("success")
     echo("\n" + text)
     echo(f"results: {root / 'results.md'}\nplot: {root / 'alpha_sweep.png'}\ntensorboard: tensorboard --logdir {root}")

@@ -25,11 +25,17 @@ SynthConfig.__doc__ = "Sizes of the generated benchmark (cir.data.synth.SynthSiz
 
 @dataclass
 class DemoOptions:
-    """`fresh` reruns every stage; `rerun` names single stages (those reading their output rerun too)."""
+    """`fresh` reruns every stage; `rerun` names single stages (those reading their output rerun too).
+
+    `seed`: the benchmark's and the gap pairs'; `seeds`: one full set of trained models each (pretraining, TAT,
+    supervised), whose spread is the training noise every finding about training is judged against.
+    """
 
     fresh: bool = False
     rerun: list[str] = field(default_factory=list)
     seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    anchors: list[str] = field(default_factory=lambda: ["text", "image", "none"])
     supervised: bool = True
     gap_split: str = "val"
 
