@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cir.demo.stats import HELD, NOISE, REVERSED, Interval, mean_spread, paired_bootstrap, seed_interval
+from cir.demo.stats import (
+    HELD,
+    NOISE,
+    REVERSED,
+    Interval,
+    mean_spread,
+    paired_bootstrap,
+    seed_interval,
+)
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (df -> t_0.975), from tables
 
