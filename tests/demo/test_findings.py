@@ -1,12 +1,14 @@
-"""The paper's findings on a smaller demo run (three seeds of 100 pretraining steps): what holds there reliably.
+"""The paper's findings on a smaller demo run (three seeds of 150 pretraining steps): what holds there reliably.
 
-Asserted, each by its 95 % interval: TAT narrows the modality gap (t interval
-over the three seeds), and Slerp beats text only (paired bootstrap over the
-queries). The full demo also shows Slerp beating image only and sum, but a run
-this small finds few targets and those intervals straddle zero, so they are not
-asserted; TAT raising Slerp R@1 and text anchoring winning are within noise or
-reversed in the full demo (README "The embedded demo"), so this run trains the
-text anchor only.
+At this size the stand-in CLIP barely learns (Slerp R@1 1 % or less on 500
+queries), and two runs of this test (seeds 0-2 with 2 torch threads, seeds 3-5
+with 1) agreed on no "held" verdict: TAT narrowed the modality gap by +0.032
+[+0.017, +0.046] in one and +0.019 [-0.005, +0.044] in the other (t interval over
+seeds); Slerp beat text only by +0.73 [+0.27, +1.27] and +0.13 [-0.20, +0.47]
+points (paired bootstrap over queries). What held in both is that neither claim
+was reversed, so that is what is asserted, by the interval: a regression that
+widens the gap after TAT, or puts text only above Slerp, fails it. The full
+demo's verdicts are in README ("The embedded demo").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from cir import fit
 from cir.demo.pipeline import FEATURES
 from cir.demo.report import ModelRun, collect, findings
-from cir.demo.stats import HELD
+from cir.demo.stats import REVERSED
 
 DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
 SEEDS = (0, 1, 2)
@@ -41,6 +43,6 @@ def test_tat_narrows_the_gap_and_slerp_beats_text_only(tmp_path) -> None:
     runs = [ModelRun(name, name, folder / "val", folder / "train", folder / "gap.json", seed, folder / "val" / FEATURES)
             for seed in SEEDS for name in ("pretrain", "tat_text") for folder in [out / f"eval_{name}_s{seed}"]]
     slerp_wins, _, gap_narrows = findings(collect(runs))
-    assert gap_narrows.verdict == HELD and "t interval over seeds, n=3" in gap_narrows.evidence, gap_narrows.evidence
+    assert gap_narrows.verdict != REVERSED and "t interval over seeds, n=3" in gap_narrows.evidence, gap_narrows.evidence
     over_text = dict(slerp_wins.parts)["Slerp - text only"]
-    assert over_text.verdict() == HELD and over_text.n == 500, slerp_wins.evidence
+    assert over_text.verdict() != REVERSED and over_text.n == 500, slerp_wins.evidence
