@@ -31,7 +31,7 @@ from cir.models import (
     merge_lora,
     tower_parameter_names,
 )
-from cir.models.backbone import _is_hugging_face_name
+from cir.models.factory import _is_hugging_face_name
 from cir.models.blip import BLIP_CONTEXT_LENGTH, BlipTokenizer, SplitQKV
 from cir.tasks.tat import build_tat_backbone
 
