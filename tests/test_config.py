@@ -76,8 +76,9 @@ def test_a_full_disk_after_the_metrics_is_one_line(cirr_root, tmp_path, capsys, 
     monkeypatch.setattr(Figure, "savefig", disk_full)
     out = tmp_path / "out"
     line = one_line_error(capsys, evaluate.main, eval_args(cirr_root, out))
-    assert line == "error: [Errno 28] No space left on device"
+    assert line == f"error: [Errno 28] No space left on device: '{out / 'alpha_sweep.png'}'"
     assert json.loads((out / "metrics.json").read_text())
+    assert not (out / "alpha_sweep.png").exists() and not list(out.glob(".alpha_sweep.png.*"))
 
 
 def test_other_os_errors_keep_their_traceback():

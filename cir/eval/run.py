@@ -21,7 +21,7 @@ from cir.eval.features import FeatureCache, excludes_reference
 from cir.eval.report import retrieval_grid, sweep_figure
 from cir.eval.scoring import ranked_ids
 from cir.eval.splits import benchmark_splits, paper_alpha
-from cir.io import atomic_write_text, write_json
+from cir.io import atomic_path, atomic_write_text, write_json
 from cir.metrics import target_rank
 from cir.models import Backbone, create_backbone
 from cir.schema import PAPER_ALPHA
@@ -127,7 +127,8 @@ def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvalu
     logger = TensorBoardLogger(str(out), name="tensorboard", version="")
     logger.log_metrics(metrics, step=0)
     figure = sweep_figure(metrics)
-    figure.savefig(out / "alpha_sweep.png", dpi=120)
+    with atomic_path(out / "alpha_sweep.png") as tmp:  # a full disk is then one line naming the file
+        figure.savefig(tmp, dpi=120, format="png")
     logger.experiment.add_figure("alpha_sweep", figure, 0)
     log_examples(logger, evaluator, cfg)
     logger.log_hyperparams(run_info(cfg, backbone, evaluator), hparam_metrics(metrics, paper_alpha(cfg)))
