@@ -30,8 +30,7 @@ def run_one(grid: Grid, key: str) -> None:
     if cell is None or stage not in grid.stage_names:
         raise ConfigError(f"--only {key}: expected CELL/STAGE with a cell from {[c.name for c in grid.cells]} "
                           f"and a stage from {grid.stage_names}")
-    call = grid.call(cell, stage)
-    call.resolve()
+    call = grid.call(cell, stage)  # not validated here: the CLI does that as it starts
     call.prepare(from_scratch=False)
     sys.stdout.flush()
     os.execv(sys.executable, call.command)

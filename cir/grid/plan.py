@@ -203,7 +203,7 @@ class Grid:
     def _outputs(self, cell: Cell, stage: str) -> dict[str, str]:
         """What a later stage may read from `stage`: its folder, export and the model name to load the export with."""
         call = self.call(cell, stage)
-        cfg = call.resolve()
+        cfg = call.load()
         if call.cli != "fit" or not cell.enabled[stage]:
             pretrained = cfg.model.pretrained if call.cli == "fit" else None
             return {"out": str(call.out), "export": str(pretrained), "export_model": cfg.model.name}

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
-from cir.eval.run import check_eval_config
 from cir.io import atomic_write_text
 from cir.schema import EvaluateConfig, FitConfig
-from cir.training import check_fit_config
 
 CONFIG_FILE = "config.yaml"  # cir.fit and cir.evaluate write their resolved config here; for cir.submit the runner does
 CLIS = ("fit", "evaluate", "submit")
@@ -60,13 +57,21 @@ class CliCall:
     def command(self) -> list[str]:
         return [sys.executable, "-m", f"cir.{self.cli}", str(self.config), *self.overrides]
 
+    def load(self) -> DictConfig:
+        """The config the CLI will run with (light: what a SLURM job decides its call by before it starts the CLI)."""
+        return load_config(FitConfig if self.cli == "fit" else EvaluateConfig, self.config, self.overrides)
+
     def resolve(self) -> DictConfig:
         """The config the CLI will run with, validated the way the CLI validates it."""
+        import lightning as L  # the checks need the training and evaluation code; loading a config does not
+
+        from cir.eval.run import check_eval_config
+        from cir.training import check_fit_config
+
+        cfg = self.load()
         if self.cli == "fit":
-            cfg = load_config(FitConfig, self.config, self.overrides)
             check_fit_config(cfg)
         else:
-            cfg = load_config(EvaluateConfig, self.config, self.overrides)
             check_eval_config(cfg)
         check_kwargs(cfg.trainer, L.Trainer, "trainer")
         return cfg
@@ -81,7 +86,7 @@ class CliCall:
         written = self.out / CONFIG_FILE
         if not written.is_file():
             return False
-        return _without_launch(OmegaConf.create(written.read_text())) == _without_launch(self.resolve())
+        return _without_launch(OmegaConf.create(written.read_text())) == _without_launch(self.load())
 
     def done(self) -> bool:
         return self.completed() and self.same_config()
@@ -92,7 +97,7 @@ class CliCall:
             shutil.rmtree(self.out, ignore_errors=True)
         if self.cli == "submit":
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_FILE, to_yaml(self.resolve()))
+            atomic_write_text(self.out / CONFIG_FILE, to_yaml(self.load()))
 
     def run(self, from_scratch: bool) -> None:
         """In a process of its own (failures stay in it); its output goes to the terminal."""
