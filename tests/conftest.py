@@ -104,5 +104,12 @@ def write_image_text_shards(root: Path, num_shards: int = 4, per_shard: int = 16
 
 
 @pytest.fixture
+def shard_writer() -> Callable[..., str]:
+    """write_image_text_shards, for tests that need other sizes (test modules cannot import this conftest by name:
+    pytest imports several modules called conftest)."""
+    return write_image_text_shards
+
+
+@pytest.fixture
 def image_text_shards(tmp_path: Path) -> str:
     return write_image_text_shards(tmp_path / "shards")

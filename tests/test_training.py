@@ -6,15 +6,14 @@ import json
 import logging
 
 import webdataset as wds
-from conftest import write_image_text_shards
 from test_interruption import ARGS
 
 from cir import fit
 from cir.data.shards import SKIP_REASONS
 
 
-def test_a_finished_run_reports_steps_samples_and_skips_per_reason_in_one_line_and_in_run_json(tmp_path, caplog):
-    shards = write_image_text_shards(tmp_path / "shards", num_shards=2, per_shard=8)
+def test_a_finished_run_reports_steps_samples_and_skips_per_reason_in_one_line_and_in_run_json(tmp_path, caplog, shard_writer):
+    shards = shard_writer(tmp_path / "shards", num_shards=2, per_shard=8)
     with wds.TarWriter(str(tmp_path / "shards" / "train-000002.tar")) as sink:
         sink.write({"__key__": "bad0", "png": b"not an image", "txt": "a red square"})
         sink.write({"__key__": "bad1", "png": b"", "txt": "a red square"})
