@@ -17,7 +17,8 @@ from cir.data.synth import SynthSizes, shard_urls
 from cir.demo.gap import held_out_pairs, measure_gap
 from cir.demo.report import ModelRun, write_report
 from cir.demo.schema import STAGE_SECTIONS, DemoConfig
-from cir.demo.stages import CliCall, Stage, SynthStage, flatten_overrides, run_stages
+from cir.demo.stages import InProcessCall, SynthStage
+from cir.grid.stages import Stage, flatten_overrides, run_stages
 from cir.io import write_json
 from cir.models import create_backbone
 
@@ -77,10 +78,10 @@ def plan_seed(cfg: DictConfig, config_dir: Path, shards: Callable[[str], str], w
     files = {section: (config_dir / cfg.configs[section]).resolve() for section in STAGE_SECTIONS}
     user = {section: flatten_overrides(cfg[section]) for section in STAGE_SECTIONS}
 
-    def call(cli: str, section: str, out: Path, wiring: dict) -> CliCall:
+    def call(cli: str, section: str, out: Path, wiring: dict) -> InProcessCall:
         # the demo's wiring comes last: outputs stay where the next stages look for them
         wiring = {"output_dir": str(out), "seed": seed, **wiring}
-        return CliCall(cli, section, files[section], (*user[section], *flatten_overrides(wiring)), out)
+        return InProcessCall(cli, section, files[section], (*user[section], *flatten_overrides(wiring)), out)
 
     def train(section: str, name: str, title: str, needs: str, wiring: dict) -> Stage:
         name = seeded(name, seed)
