@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,30 +24,22 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         tokenize: Callable[[list[str]], torch.Tensor] | None,
         batch_size: int,
         num_workers: int,
-        *,
-        resampled: bool = False,
-        exact_epoch: bool = False,
-        samples_per_epoch: int | None = None,
-        shuffle_buffer: int = 1000,
-        seed: int = 0,
-        text_embedding_key: str | None = None,
+        **pipeline_options: Any,
     ) -> None:
+        """pipeline_options: image_text_pipeline's keywords for how an epoch is drawn (resampled, exact_epoch,
+        samples_per_epoch, shuffle_buffer, seed, text_embedding_key), handed on as given."""
         super().__init__()
         self.train_shards = train_shards
         self.image_transform = image_transform
         self.tokenize = tokenize
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.resampled = resampled
-        self.exact_epoch = exact_epoch
-        self.samples_per_epoch = samples_per_epoch
-        self.shuffle_buffer = shuffle_buffer
-        self.seed = seed
-        self.text_embedding_key = text_embedding_key
+        self.pipeline_options = pipeline_options
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        if world_size > 1 and not (self.resampled or self.exact_epoch):
+        options = self.pipeline_options
+        if world_size > 1 and not (options.get("resampled") or options.get("exact_epoch")):
             # Shards split by rank give ranks different batch counts, and DDP would hang at the first missing step.
             raise ConfigError(
                 f"config key `data.exact_epoch`: {world_size} processes need data.exact_epoch=true (one pass, ranks in step) "
@@ -56,14 +49,9 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
             pipeline = image_text_pipeline(
                 self.train_shards,
                 image_transform=self.image_transform,
-                tokenize=None if self.text_embedding_key else self.tokenize,
+                tokenize=None if options.get("text_embedding_key") else self.tokenize,
                 batch_size=self.batch_size,
-                resampled=self.resampled,
-                exact_epoch=self.exact_epoch,
-                samples_per_epoch=self.samples_per_epoch,
-                shuffle_buffer=self.shuffle_buffer,
-                seed=self.seed,
-                text_embedding_key=self.text_embedding_key,
+                **options,
             )
         except ValueError as err:  # no usable shard counts: a data problem the user fixes in the config
             raise ConfigError(f"config key `data.train_shards`: {err}") from None
