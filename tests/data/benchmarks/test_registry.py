@@ -65,17 +65,19 @@ def test_image_dataset_over_placeholder_images(request, color_of, name, root_fix
     torch.testing.assert_close(images.mean(dim=(2, 3)), expected, atol=4 / 255, rtol=0)
 
 
-def test_missing_images_reports_ids_without_path_or_file(tmp_path):
+def test_missing_images_reports_ids_without_path_or_file_or_with_an_empty_file(tmp_path):
     present = tmp_path / "a.png"
-    present.write_bytes(b"")
+    present.write_bytes(b"\x89PNG")
+    empty = tmp_path / "d.png"
+    empty.write_bytes(b"")
     benchmark = CIRBenchmark(
         name="toy",
         split="val",
         queries=[CIRQuery("q0", reference="ref", caption="c", targets=("a",))],
-        gallery=["a", "b", "c"],
-        image_paths={"a": present, "b": tmp_path / "b.png", "ref": tmp_path / "ref.png"},
+        gallery=["a", "b", "c", "d"],
+        image_paths={"a": present, "b": tmp_path / "b.png", "d": empty, "ref": tmp_path / "ref.png"},
     )
-    assert missing_images(benchmark) == ["b", "c", "ref"]
+    assert missing_images(benchmark) == ["b", "c", "d", "ref"]
 
 
 def test_read_json_rejects_invalid_json_and_wrong_top_level(tmp_path):
