@@ -8,7 +8,7 @@ bytes of uint8 through collation, worker-to-main transfer and host-to-device cop
 same way from torch's RNG) and resamples it with torch's antialiased uint8 kernel
 (the same bicubic filter as PIL's, about 4x faster); the loader hands over uint8
 batches, and `to_float` does ToTensor + Normalize once per batch where the batch
-is (ContrastiveTask.on_after_batch_transfer: on the GPU in training).
+is (the DataModule's on_after_batch_transfer, NormaliseOnDevice: on the GPU in training).
 
 It is built from the transform open_clip itself makes from the model's
 PreprocessCfg and AugmentationCfg (`uint8_version`), so it stays what

@@ -239,9 +239,9 @@ def test_augmentation_settings_reach_the_training_transform(image_text_shards):
     from torchvision.transforms.functional import to_pil_image
 
     pil = to_pil_image(image)
-    transform = data.image_transform  # uint8 out of the loader, normalised by the module once on the device
+    transform = data.image_transform  # uint8 out of the loader, normalised by the DataModule once on the device
     assert transform.scale == (1.0, 1.0)
-    normalised = module.on_after_batch_transfer(transform(pil)[None], 0)[0]
+    normalised = data.on_after_batch_transfer(transform(pil)[None], 0)[0]
     assert torch.allclose(normalised, module.backbone.preprocess_val(pil), atol=2.01 / 255 / min(transform.std), rtol=0)
 
 
