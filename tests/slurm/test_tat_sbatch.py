@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,10 @@ def test_sbatch_template_trains_with_ddp_then_requeues_on_usr1_and_resumes(slurm
         # launch batch job") and FAILS: wait until the node is idle and no step of the job is left.
         wait_for(lambda: slurm_cluster.node_state() == "idle" and not slurm_cluster.steps(job_id), 60,
                  "the first attempt's steps to be gone and the node idle")
+        # slurmd also refuses a launch whose credential dates from the second the requeue revoked the first one
+        # (slurm_cred_revoked compares whole seconds): release the job once the clock has left that second.
+        requeue_seen = int(time.time())
+        wait_for(lambda: int(time.time()) > requeue_seen, 5, "the clock to leave the requeue's second")
         # SLURM holds a requeued job for a while (about 2 minutes) before it may start again
         slurm_cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
         wait_for(lambda: state()["JobState"] in ENDED, 120, "the requeued job to end")
