@@ -14,7 +14,7 @@ import torchvision.transforms as T
 import webdataset as wds
 from PIL import Image
 
-from cir.data import samples
+from cir.data import samples as sample_conversion
 from cir.data.epochs import batches_per_rank, epoch_share
 from cir.data.samples import NpyReader
 from cir.data.shards import SKIP_REASONS, image_text_loader, image_text_pipeline
@@ -237,7 +237,7 @@ def test_resume_is_exact_past_images_that_only_fail_when_decoded(tmp_path, monke
 
 
 def test_a_long_run_of_skips_raises(tmp_path, monkeypatch):
-    monkeypatch.setattr(samples, "MAX_CONSECUTIVE_SKIPS", 3)
+    monkeypatch.setattr(sample_conversion, "MAX_CONSECUTIVE_SKIPS", 3)
     url = write(tmp_path / "x.tar", [{"__key__": f"{i:06d}", "txt": "1"} for i in range(5)])
     with pytest.raises(RuntimeError, match="consecutive"):
         list(image_text_pipeline(url, image_transform=TRANSFORM, tokenize=tokenize, batch_size=2))
