@@ -29,6 +29,7 @@ from cir.demo.stats import (
     mean_spread,
     paired_bootstrap,
     seed_interval,
+    verdict,
 )
 from cir.eval.report import sweep_figure
 from cir.io import atomic_write_text
@@ -68,16 +69,17 @@ class SeedResult:
 
 @dataclass(frozen=True)
 class Finding:
-    """One of the paper's claims: each comparison (paper's side minus the alternative) with its interval."""
+    """One of the paper's claims: each comparison (paper's side minus the alternative) with its intervals
+    (none: not judged; two: queries and seeds, judged by both, cir.demo.stats.verdict)."""
 
     claim: str
-    parts: tuple[tuple[str, Interval | None], ...]
+    parts: tuple[tuple[str, tuple[Interval, ...]], ...]
     details: str = ""
 
     @property
     def verdict(self) -> str:
         """'held' if every comparison held, 'reversed' if any reversed, else 'within noise' (or not judged)."""
-        verdicts = [NOT_JUDGED if interval is None else interval.verdict() for _, interval in self.parts]
+        verdicts = [verdict(intervals) if intervals else NOT_JUDGED for _, intervals in self.parts]
         if NOT_JUDGED in verdicts:
             return NOT_JUDGED
         if REVERSED in verdicts:
@@ -90,10 +92,11 @@ class Finding:
 
     @property
     def evidence(self) -> str:
-        def one(what: str, interval: Interval | None) -> str:
-            if interval is None:
+        def one(what: str, intervals: tuple[Interval, ...]) -> str:
+            if not intervals:
                 return f"{what}: needs 2 seeds for an interval"
-            return f"{what} {interval.text(3 if 'gap' in what else 2)} ({interval.method}, n={interval.n})"
+            digits = 3 if "gap" in what else 2
+            return f"{what} " + " and ".join(f"{i.text(digits)} ({i.method}, n={i.n})" for i in intervals)
 
         return "; ".join(one(*part) for part in self.parts) + (f"; {self.details}" if self.details else "")
 
@@ -157,19 +160,28 @@ def stacked(results: list[SeedResult], method: str) -> np.ndarray | None:
 
 
 def training_interval(ours: list[SeedResult], theirs: list[SeedResult], value: Callable[[SeedResult], float],
-                      paired_hits: bool = True) -> Interval | None:
-    """A difference that involves training: t interval over the seeds' paired differences; with one seed, the
-    paired bootstrap over queries (query noise only) where hits exist, else None."""
+                      paired_hits: bool = True) -> tuple[Interval, ...]:
+    """A difference between trained models: t interval over the seeds' paired differences; with one seed, the
+    paired bootstrap over queries (query noise only) where hits exist, else none."""
     if [r.run.seed for r in ours] != [r.run.seed for r in theirs]:
         raise ValueError("the two models were trained with different seeds: no paired difference")
     if len(ours) >= 2:
-        return seed_interval(np.array([value(a) - value(b) for a, b in zip(ours, theirs)]))
+        return (seed_interval(np.array([value(a) - value(b) for a, b in zip(ours, theirs)])),)
     a, b = stacked(ours, "slerp"), stacked(theirs, "slerp")
     if not paired_hits or a is None or b is None:
-        return None
+        return ()
     interval = paired_bootstrap(a, b)
-    return Interval(interval.estimate, interval.low, interval.high,
-                    "paired bootstrap over queries, one seed: training noise not measured", interval.n)
+    return (Interval(interval.estimate, interval.low, interval.high,
+                     "paired bootstrap over queries, one seed: training noise not measured", interval.n),)
+
+
+def method_intervals(results: list[SeedResult], method: str, baseline: str) -> tuple[Interval, ...]:
+    """Two methods on the same models: the paired bootstrap over queries and, with 2 seeds or more, the t interval
+    over the seeds' R@1 differences (the models themselves came out of training)."""
+    queries = paired_bootstrap(stacked(results, method), stacked(results, baseline))
+    if len(results) < 2:
+        return (queries,)
+    return queries, seed_interval(np.array([r1(r, method) - r1(r, baseline) for r in results]))
 
 
 def per_seed(values: Sequence[float], digits: int = 2) -> str:
@@ -180,9 +192,8 @@ def findings(results: dict[str, list[SeedResult]]) -> list[Finding]:
     """The paper's four claims on val R@1, for the models present (a claim whose models are missing is left out)."""
     found: list[Finding] = []
     pre = results[PRETRAINED]
-    slerp = stacked(pre, "slerp")
-    if slerp is not None:
-        parts = tuple((f"Slerp - {BASELINE_LABELS[b]}", paired_bootstrap(slerp, stacked(pre, b))) for b in BASELINES)
+    if stacked(pre, "slerp") is not None:
+        parts = tuple((f"Slerp - {BASELINE_LABELS[b]}", method_intervals(pre, "slerp", b)) for b in BASELINES)
         found.append(Finding("Slerp beats image only, text only and sum (pretrained model)", parts))
     if TAT in results:
         tat = results[TAT]
@@ -244,10 +255,11 @@ def results_markdown(results: dict[str, list[SeedResult]], found: list[Finding],
                      f"{cell([r.gap['pair_cosine'] for r in rs], 3)} |")
     if found:
         lines += ["", "## The paper's findings here", "",
-                  "Each comparison: the paper's side minus the alternative, with its 95 % interval. Between methods on",
-                  "the same models: a paired bootstrap over queries (hits averaged over seeds). Between trained models:",
-                  "a t interval over the seeds' paired differences (training noise included). held: the interval",
-                  "excludes zero on the paper's side; reversed: on the other side; else within noise.", ""]
+                  "Each comparison: the paper's side minus the alternative, with its 95 % intervals. Between methods on",
+                  "the same models: a paired bootstrap over queries (hits averaged over seeds) and a t interval over the",
+                  "seeds' differences, judged by both. Between trained models: the t interval over the seeds' paired",
+                  "differences (training noise included). held: every interval of the comparison excludes zero on the",
+                  "paper's side; reversed: every one on the other side; else within noise.", ""]
         lines += [f"- **{f.verdict}**: {f.claim}: {f.evidence}" for f in found]
     lines += ["", f"Measured on: {machine()}.",
               (f"Wall time of this run: {wall_s / 60:.1f} min; CPU time (user + sys, this process and its workers): "

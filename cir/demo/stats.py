@@ -17,10 +17,16 @@ Two intervals, for two sources of noise:
   (4.30 at 3 seeds), so the interval is honest rather than tight. A bootstrap
   over queries within seeds would miss training noise, which is what made the
   single-seed findings flip between machines.
+
+A difference between methods on the same models still moves with training
+(Slerp against sum was +0.20 on one set of seeds and +0.75 on another, each
+far outside the other's query interval), so where there are seeds it is
+judged by both intervals: `verdict` holds (or reverses) only if each does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,3 +100,11 @@ def mean_spread(values: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation (ddof 1; 0 for one value) of per-seed values."""
     values = np.asarray(values, dtype=np.float64).ravel()
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def verdict(intervals: Sequence[Interval]) -> str:
+    """One comparison judged by all its intervals: held (reversed) only if every one excludes zero on that side."""
+    if not intervals:
+        raise ValueError("a verdict needs at least one interval")
+    verdicts = {interval.verdict() for interval in intervals}
+    return verdicts.pop() if len(verdicts) == 1 else NOISE

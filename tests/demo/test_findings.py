@@ -22,7 +22,7 @@ import pytest
 from cir import fit
 from cir.demo.pipeline import FEATURES
 from cir.demo.report import ModelRun, collect, findings
-from cir.demo.stats import REVERSED
+from cir.demo.stats import REVERSED, verdict
 
 DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
 SEEDS = (0, 1, 2)
@@ -44,5 +44,6 @@ def test_tat_narrows_the_gap_and_slerp_beats_text_only(tmp_path) -> None:
             for seed in SEEDS for name in ("pretrain", "tat_text") for folder in [out / f"eval_{name}_s{seed}"]]
     slerp_wins, _, gap_narrows = findings(collect(runs))
     assert gap_narrows.verdict != REVERSED and "t interval over seeds, n=3" in gap_narrows.evidence, gap_narrows.evidence
-    over_text = dict(slerp_wins.parts)["Slerp - text only"]
-    assert over_text.verdict() != REVERSED and over_text.n == 500, slerp_wins.evidence
+    queries, seeds = dict(slerp_wins.parts)["Slerp - text only"]
+    assert queries.n == 500 and seeds.n == 3, slerp_wins.evidence
+    assert verdict((queries, seeds)) != REVERSED, slerp_wins.evidence

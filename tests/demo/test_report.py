@@ -41,15 +41,20 @@ def _hits(rate: float, seed: int, queries: int = 2000) -> np.ndarray:
     return np.random.default_rng(seed).random(queries) < rate
 
 
-def _result(name: str, seed: int, r1: float, gap: float, hits: dict[str, np.ndarray] | None = None) -> SeedResult:
+def _result(name: str, seed: int, r1: float, gap: float, hits: dict[str, np.ndarray] | None = None,
+            baselines: dict[str, float] | None = None) -> SeedResult:
     run = ModelRun(name, name, None, None, None, seed)
-    return SeedResult(run, 0.5, {"slerp_a0.5": _row(r1)}, {"gap": gap, "pair_cosine": 0.5}, hits or {})
+    val = {"slerp_a0.5": _row(r1), **{method: _row(value) for method, value in (baselines or {}).items()}}
+    return SeedResult(run, 0.5, val, {"gap": gap, "pair_cosine": 0.5}, hits or {})
 
 
-def _results(tat: list[float], image: list[float], none: list[float], gaps: list[float]) -> dict:
-    """Three seeds; the pretrained model at R@1 10, 11, 12 and gap 0.7, its hits strongly favouring Slerp."""
+def _results(tat: list[float], image: list[float], none: list[float], gaps: list[float],
+             over_sum: tuple[float, ...] = (3.0, 3.5, 4.0)) -> dict:
+    """Three seeds; the pretrained model at R@1 10, 11, 12 and gap 0.7, its hits strongly favouring Slerp, and
+    Slerp's R@1 over sum per seed `over_sum` (over image and text only: 6 points or more)."""
     pre = [_result("pretrain", s, 10.0 + s, 0.7, {"slerp": _hits(0.10, s), "image": _hits(0.10, s) & _hits(0.4, 9 + s),
-                                                 "text": _hits(0.01, 20 + s), "sum": _hits(0.10, s) & _hits(0.7, 30 + s)})
+                                                 "text": _hits(0.01, 20 + s), "sum": _hits(0.10, s) & _hits(0.7, 30 + s)},
+                   {"image": 4.0 + 0.1 * s, "text": 1.0 + 0.2 * s, "sum": 10.0 + s - over_sum[s]})
            for s in range(3)]
     return {"pretrain": pre,
             "tat_text": [_result("tat_text", s, 10.0 + s + d, g) for s, (d, g) in enumerate(zip(tat, gaps))],
@@ -61,7 +66,10 @@ def test_findings_held_with_their_intervals() -> None:
     found = findings(_results(tat=[1.0, 1.2, 0.9], image=[0.0, 0.2, -0.1], none=[0.1, 0.0, 0.2], gaps=[0.5, 0.52, 0.49]))
     assert [f.verdict for f in found] == [HELD] * 4
     assert [f.held for f in found] == [True] * 4
-    assert "paired bootstrap over queries" in found[0].evidence and "t interval over seeds, n=3" in found[1].evidence
+    assert "Slerp - sum +2.97 [+2.55, +3.40] (paired bootstrap over queries, n=2000) and +3.50 [+2.26, +4.74] " \
+        "(t interval over seeds, n=3)" in found[0].evidence  # 3.0, 3.5, 4.0 per seed: mean 3.5, sd 0.5, t(2) 4.30
+    assert found[0].evidence.count("paired bootstrap over queries") == 3
+    assert found[0].evidence.count("t interval over seeds, n=3") == 3 and "t interval over seeds, n=3" in found[1].evidence
     assert "per seed +1.00, +1.20, +0.90" in found[1].evidence and "0.700 -> 0.503" in found[3].evidence
 
 
@@ -75,6 +83,9 @@ def test_findings_held_with_their_intervals() -> None:
         ({"image": [0.9, 1.3, 0.8]}, 2, NOISE),
         ({"gaps": [0.75, 0.76, 0.74]}, 3, REVERSED),  # TAT widened the gap
         ({"gaps": [0.71, 0.72, 0.73]}, 3, NOISE),  # wider by 0.02 ± 0.01: not enough for 3 seeds
+        # the hits favour Slerp over sum by 3 points (bootstrap held) but the seeds disagree: judged by both, noise
+        ({"over_sum": (3.0, -2.0, 0.5)}, 0, NOISE),
+        ({"over_sum": (-3.0, -3.5, -4.0)}, 0, NOISE),  # seeds reversed, queries held: the two intervals disagree
     ],
 )
 def test_each_finding_can_fail_on_its_own(change, finding, verdict) -> None:

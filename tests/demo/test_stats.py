@@ -13,6 +13,7 @@ from cir.demo.stats import (
     mean_spread,
     paired_bootstrap,
     seed_interval,
+    verdict,
 )
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # Student t quantiles (df -> t_0.975), from tables
@@ -78,3 +79,12 @@ def test_verdict_needs_the_interval_to_exclude_zero(low: float, high: float, ver
 def test_mean_spread_of_one_seed_has_no_spread() -> None:
     assert mean_spread(np.array([4.0])) == (4.0, 0.0)
     assert mean_spread(np.array([1.0, 3.0])) == (2.0, pytest.approx(np.sqrt(2.0)))
+
+
+def test_a_comparison_judged_by_two_intervals_holds_or_reverses_only_if_both_do() -> None:
+    held, reversed_, noise = (Interval(1.0, 0.5, 1.5, "a", 3), Interval(-1.0, -1.5, -0.5, "b", 3),
+                              Interval(0.1, -0.3, 0.5, "c", 3))
+    assert verdict((held, held)) == HELD and verdict((reversed_,)) == REVERSED
+    assert verdict((held, noise)) == NOISE and verdict((held, reversed_)) == NOISE
+    with pytest.raises(ValueError, match="at least one"):
+        verdict(())
