@@ -240,6 +240,20 @@ def test_shards_readable_and_captions_true(out, set_name):
             assert words & values <= present, (sample["txt"], scene)
 
 
+def test_pretrain_captions_pair_each_image_with_that_many_captions(out, tmp_path):
+    generate(tmp_path, seed=0, progress=False, **{**TINY, "pretrain_captions": 3})
+    many, once = _shard_samples(tmp_path, "pretrain"), _shard_samples(out, "pretrain")
+    count = TINY["pretrain_samples"]
+    assert _read(tmp_path / "shards" / "manifest.json")["shards"]["pretrain"]["samples"] == len(many) == 3 * count
+    assert [(s["png"], s["txt"]) for s in many[:count]] == [(s["png"], s["txt"]) for s in once]  # copy 0: as before
+    for index in range(count):
+        copies = many[index::count]
+        assert len({s["png"] for s in copies}) == 1 and len({s["json"] for s in copies}) == 1
+    texts = [tuple(s["txt"] for s in many[index::count]) for index in range(count)]
+    assert sum(len(set(t)) == 3 for t in texts) > count // 2  # mostly three different captions per image
+    assert [s["txt"] for s in _shard_samples(tmp_path, "tune")] == [s["txt"] for s in _shard_samples(out, "tune")]
+
+
 def test_tune_captions_differ_from_pretraining(out):
     pretrain = [s["txt"].decode() for s in _shard_samples(out, "pretrain")]
     tune = [s["txt"].decode() for s in _shard_samples(out, "tune")]

@@ -10,13 +10,14 @@ from cir.data.synth.writer import SynthSizes, generate
 
 _HELP = {
     "image_size": "side of the square images in pixels (drawn at twice this, then downscaled)",
-    "pretrain_samples": "image-text pairs in the pretraining shards",
+    "pretrain_samples": "images in the pretraining shards",
     "tune_samples": "image-text pairs in the tuning (TAT) shards",
     "train_queries": "queries of the CIRR train split (supervised fine-tuning)",
     "val_queries": "queries of the CIRR val split",
     "test_queries": "queries of the CIRR test1 split (targets hidden)",
     "shard_size": "samples per tar shard",
     "multi_object_rate": "share of CIR queries that add or remove an object",
+    "pretrain_captions": "captions per pretraining image (each image written that many times)",
 }
 
 

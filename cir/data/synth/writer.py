@@ -69,6 +69,7 @@ class SynthSizes:
     test_queries: int = 300
     shard_size: int = 1000
     multi_object_rate: float = 0.2
+    pretrain_captions: int = 1  # captions per pretraining image: the text tower sees that many more texts than images
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -87,7 +88,7 @@ def generate(out: str | Path, seed: int = 0, *, progress: bool = True, **sizes: 
 
     `sizes` are the fields of SynthSizes (image_size, pretrain_samples,
     tune_samples, train_queries, val_queries, test_queries, shard_size,
-    multi_object_rate). Manifest patterns are relative to <out>/shards
+    multi_object_rate, pretrain_captions). Manifest patterns are relative to <out>/shards
     (`shard_urls` makes them absolute).
     """
     valid = [item.name for item in fields(SynthSizes)]
@@ -110,10 +111,11 @@ def generate(out: str | Path, seed: int = 0, *, progress: bool = True, **sizes: 
     shards = out / "shards"
     shards.mkdir(parents=True)
     samples = {"pretrain": settings.pretrain_samples, "tune": settings.tune_samples}
+    captions = {"pretrain": settings.pretrain_captions, "tune": 1}
     manifest: dict[str, Any] = {**wanted, "shards": {}, "cirr": {}}
     for shard_set in SHARD_SETS:
         manifest["shards"][shard_set.name] = _write_shards(
-            shards, shard_set, samples[shard_set.name], seed, settings, progress
+            shards, shard_set, samples[shard_set.name], captions[shard_set.name], seed, settings, progress
         )
     queries = {"train": settings.train_queries, "val": settings.val_queries, "test1": settings.test_queries}
     manifest["cirr"] = _write_cirr(out / "cirr", queries, seed, settings, progress)
@@ -131,25 +133,30 @@ def shard_urls(out: str | Path, set_name: str) -> str:
 
 
 def _write_shards(
-    folder: Path, shard_set: ShardSet, count: int, seed: int, settings: SynthSizes, progress: bool
+    folder: Path, shard_set: ShardSet, count: int, captions: int, seed: int, settings: SynthSizes, progress: bool
 ) -> dict[str, Any]:
+    """`count` images, each written `captions` times with its own caption: all images once, then again, so that
+    copies of one image sit `count` samples apart in the stream (not in one shuffled batch, as false negatives)."""
     pattern = str(folder / f"{shard_set.name}-%06d.tar")
+    total = count * captions
     with wds.ShardWriter(pattern, maxcount=settings.shard_size, verbose=0, mtime=0) as sink:
-        for index in tqdm(range(count), desc=f"{shard_set.name} shards", unit="img", disable=not progress):
+        for sample in tqdm(range(total), desc=f"{shard_set.name} shards", unit="img", disable=not progress):
+            copy, index = divmod(sample, count)
             rng = np.random.default_rng([seed, shard_set.stream, index])
             scene = random_scene(rng, shard_set.two_object_rate)
             pixels = render(scene, rng, settings.image_size, shard_set.style)
+            text_rng = rng if copy == 0 else np.random.default_rng([seed, shard_set.stream, index, copy])
             sink.write(
                 {
-                    "__key__": f"{shard_set.name}-{index:07d}",
+                    "__key__": f"{shard_set.name}-{sample:07d}",
                     "png": encode_png(pixels),
-                    "txt": shard_set.caption(scene, rng),
+                    "txt": shard_set.caption(scene, text_rng),
                     "json": _dumps(scene.to_dict()).encode("utf-8"),
                 }
             )
-    n_shards = math.ceil(count / settings.shard_size)
+    n_shards = math.ceil(total / settings.shard_size)
     return {
-        "samples": count,
+        "samples": total,
         "shards": n_shards,
         "pattern": f"{shard_set.name}-{{000000..{n_shards - 1:06d}}}.tar",
         "two_object_rate": shard_set.two_object_rate,
