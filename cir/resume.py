@@ -44,6 +44,7 @@ class ResumePoint:
     path: Path
     global_step: int
     record: dict[str, Any] = field(default_factory=dict)  # the run record the task saved in it (cir_run)
+    epochs_done: int = 0  # epochs Lightning counts as finished (one that max_steps stopped included)
 
 
 def candidates(out: Path) -> list[Path]:
@@ -57,7 +58,8 @@ def newest_checkpoint(out: Path) -> ResumePoint | None:
     for path in candidates(out):
         try:
             ckpt = read_checkpoint(path)
-            found.append((ckpt["global_step"], path.stat().st_mtime_ns, ResumePoint(path, ckpt["global_step"], ckpt.get("cir_run", {}))))
+            point = ResumePoint(path, ckpt["global_step"], ckpt.get("cir_run", {}), int(ckpt.get("epoch", 0)))
+            found.append((ckpt["global_step"], path.stat().st_mtime_ns, point))
         except Exception as err:  # noqa: BLE001 - whatever a damaged file raises, it is not a state to resume
             bad.append(path)
             log.warning("checkpoint %s is unreadable (%s: %s): skipping it", path, type(err).__name__,
@@ -136,6 +138,25 @@ def check_resume(point: ResumePoint | None, config: dict[str, Any], accepted: li
         log.info("config change at global step %d (%s): %s %r -> %r", change["step"], change["kind"], change["key"],
                  change["from"], change["to"])
     return history + changes
+
+
+def check_extends(point: ResumePoint | None, max_epochs: int, max_steps: int) -> None:
+    """Refuse a rerun that asks for more steps but would train none.
+
+    Lightning counts the epoch that trainer.max_steps stopped as finished (its
+    checkpoint says so), so raising max_steps alone, with the epoch limit
+    already reached, would resume, train nothing and exit as if done.
+    """
+    if point is None or max_epochs == -1 or point.epochs_done < max_epochs:
+        return
+    if max_steps == -1 or max_steps <= point.global_step:
+        return  # as long as asked: a rerun of a finished run
+    raise ConfigError(
+        f"config key `trainer.max_steps`: the checkpoint at global step {point.global_step} has finished "
+        f"{point.epochs_done} epoch(s) of trainer.max_epochs={max_epochs} (Lightning counts the epoch max_steps "
+        f"stopped as finished), so max_steps={max_steps} alone trains nothing; raise trainer.max_epochs too, or set "
+        "trainer.max_epochs=-1: training goes on with the next epoch (the rest of the stopped one is not seen)"
+    )
 
 
 class ResumedOptimizer(L.Callback):

@@ -29,7 +29,7 @@ from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.preemption import GracefulInterruption
-from cir.resume import ResumedOptimizer, check_resume, newest_checkpoint
+from cir.resume import ResumedOptimizer, check_extends, check_resume, newest_checkpoint
 from cir.run_lock import RunLock
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS
@@ -180,6 +180,7 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     resolve_batch_size(cfg, trainer)
     point = newest_checkpoint(out)
     changes = check_resume(point, OmegaConf.to_container(cfg, resolve=True), list(cfg.resume.accept_changes))
+    check_extends(point, trainer.max_epochs, trainer.max_steps)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data = build_task(cfg)
     module.config_changes = changes

@@ -89,3 +89,23 @@ def test_a_rerun_with_another_lr_and_seed_stops_in_one_line_and_rewrites_nothing
     assert scheduler["base_lrs"] == [0.5]  # trained with it: not the checkpoint's LR that Lightning restores
     assert [(c["step"], c["key"], c["kind"]) for c in record["config_changes"]] == [
         (2, "optim.lr", "accepted"), (2, "resume.accept_changes", "observes"), (2, "trainer.max_steps", "observes")]
+
+
+def test_more_steps_after_an_epoch_max_steps_stopped_are_refused_and_more_epochs_go_on(image_text_shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*fit_args(out, image_text_shards), "data.resampled=false", "data.samples_per_epoch=null",
+            "trainer.max_epochs=1", "checkpoint.every_n_steps=100"]
+    fit.main(None, [*args, "trainer.max_steps=2"])
+    final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["global_step"] == 2 and final["epoch"] == 1  # Lightning counts the stopped epoch as finished
+    # so the data resumes where Lightning's loops do: the next epoch's first batch
+    assert final["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 0}]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(fit.main, [*args, "trainer.max_steps=4"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: config key `trainer.max_steps`: the checkpoint at global step 2 has finished "
+                             "1 epoch(s) of trainer.max_epochs=1") and len(err) == 2, err
+    fit.main(None, [*args, "trainer.max_steps=4", "trainer.max_epochs=2"])
+    assert json.loads((out / "run.json").read_text())["global_step"] == 4

@@ -62,8 +62,15 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         return loader
 
     def training_position(self) -> tuple[int, int]:
-        """(epoch, batches of it trained): where a run resumed from a checkpoint saved now picks up the data."""
+        """(epoch, batches of it trained): where a run resumed from a checkpoint saved now picks up the data.
+
+        An epoch Lightning has counted as finished (one that max_steps stopped too) is over: a resumed run
+        starts the next one at its first batch, as Lightning's loops do.
+        """
+        epochs = self.trainer.fit_loop.epoch_progress.current
         progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if epochs.completed == epochs.started:
+            return self.trainer.current_epoch, 0
         if progress.is_last_batch:
             return self.trainer.current_epoch + 1, 0
         return self.trainer.current_epoch, progress.current.processed
