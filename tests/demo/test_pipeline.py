@@ -122,6 +122,29 @@ def test_config_errors_stop_before_any_stage(tmp_path, capsys) -> None:
         load_demo_config(DEMO, ["task=tat"])
 
 
-def test_demo_model_config_covers_the_benchmark_vocabulary() -> None:
-    config = json.loads((CONFIG_DIR / "cir-demo.json").read_text())
+@pytest.mark.parametrize("name", ["cir-demo", "cir-demo-wide"])
+def test_demo_model_configs_cover_the_benchmark_vocabulary(name) -> None:
+    config = json.loads((CONFIG_DIR / f"{name}.json").read_text())
     assert config["text_cfg"]["tokenizer_kwargs"]["vocabulary"] == vocabulary()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("demo_premise_gap.yaml", {"pretrain_s0": {"model.name": "cir-demo-wide", "optim.temperature": 0.01,
+                                               "optim.learn_temperature": False},
+                               "tat_text_s0": {"model.name": "cir-demo-wide", "trainer.max_steps": 120}}),
+    ("demo_premise_captions.yaml", {"tat_none_s2": {"model.name": "cir-demo", "trainer.max_steps": 120}}),
+])
+def test_the_premise_variants_check_every_stage_and_say_what_they_change(name, expected, tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from cir.demo.pipeline import build_plan, load_demo_config, pending_shards
+
+    path = DEMO.parent / name
+    cfg = load_demo_config(path, [f"output_dir={tmp_path}"])
+    stages, _ = build_plan(cfg, path.parent, pending_shards(tmp_path / "synth"))
+    for stage in stages:
+        stage.validate()
+    configs = {stage.name: stage.calls[0].resolve() for stage in stages if stage.name in expected}
+    for stage, values in expected.items():
+        assert {key: OmegaConf.select(configs[stage], key) for key in values} == values
+    assert cfg.synth.pretrain_captions == (4 if "captions" in name else 1)
