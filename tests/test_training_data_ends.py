@@ -36,6 +36,16 @@ def test_shards_without_a_usable_sample_stop_the_run_naming_them(tmp_path, capsy
     assert not list((tmp_path / "run").rglob("*.ckpt"))  # nothing for a rerun with the right shards to "resume" past
 
 
+def test_resampling_refuses_shards_without_samples_instead_of_drawing_forever(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.tar").write_bytes(b"\0" * 10240)  # valid tars without members
+    shards = str(tmp_path / "{a,b}.tar")
+    code, err = fit_cli(tmp_path / "run", shards, "data.resampled=true", "data.samples_per_epoch=64",
+                        "trainer.max_steps=4", capsys=capsys)
+    assert code == 2 and "data.train_shards" in err and "no shard holds a sample" in err and "b.tar" in err
+    assert "Traceback" not in err and not finished(tmp_path / "run")
+
+
 def test_exact_epoch_refuses_shards_without_samples_before_training(tmp_path, capsys):
     (tmp_path / "a.tar").write_bytes(b"\0" * 10240)
     code, err = fit_cli(tmp_path / "run", str(tmp_path / "a.tar"), "data.exact_epoch=true", capsys=capsys)

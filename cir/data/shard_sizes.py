@@ -88,6 +88,16 @@ def sample_offset(path: str | Path, index: int) -> int | None:
     return None
 
 
+def without_samples(urls: Sequence[str]) -> bool:
+    """Whether every shard is a local file holding no sample (missing, empty, not a tar). Streamed shards are
+    taken on trust; for the rest, reading stops at the first sample found."""
+    for url in urls:
+        path = local_path(url)
+        if path is None or (path.is_file() and sample_offset(path, 0) is not None):
+            return False
+    return True
+
+
 def _stat_key(path: Path) -> list[int]:
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]

@@ -45,7 +45,7 @@ from cir.data.samples import (
     ToImageText,
     collate,
 )
-from cir.data.shard_sizes import shard_sizes
+from cir.data.shard_sizes import shard_sizes, without_samples
 
 __all__ = ["CAPTION_KEY", "IMAGE_KEYS", "SKIP_REASONS", "ImageTextBatch", "SkipStats", "expand_shard_urls",
            "image_text_loader", "image_text_pipeline"]
@@ -148,6 +148,9 @@ def image_text_pipeline(
         stages: list[Any] = [ExactEpochSamples(shard_urls, sizes, plan, batch_size=batch_size, seed=seed,
                                                shuffle_buffer=shuffle_buffer, handler=stats.shard_error)]
     elif resampled:
+        if without_samples(shard_urls):  # drawing from them would never yield a sample, nor end
+            raise ValueError(f"no shard holds a sample ({len(shard_urls)} shards, all local: "
+                             f"{', '.join(shard_urls[:5])}{', ...' if len(shard_urls) > 5 else ''})")
         stages = [wds.ResampledShards(shard_urls, seed=seed, worker_seed=plan.seed, deterministic=True)]
     else:
         stages = [

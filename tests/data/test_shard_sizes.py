@@ -13,7 +13,13 @@ import webdataset as wds
 from test_shards import good_sample, write
 
 from cir.data import shard_sizes as sizes_module
-from cir.data.shard_sizes import COUNT_CACHE, count_samples, shard_sizes, write_sizes
+from cir.data.shard_sizes import (
+    COUNT_CACHE,
+    count_samples,
+    shard_sizes,
+    without_samples,
+    write_sizes,
+)
 
 
 def shard(path, n: int, start: int = 0) -> str:
@@ -73,3 +79,12 @@ def test_streamed_shards_need_a_sizes_file(tmp_path):
         shard_sizes([f"pipe:cat {url}"])
     write_sizes(tmp_path, {"a.tar": 2})
     assert shard_sizes([f"pipe:cat {url}"]) == [2]
+
+
+def test_without_samples_only_when_every_local_shard_holds_none(tmp_path):
+    (tmp_path / "empty.tar").write_bytes(b"\0" * 10240)
+    (tmp_path / "text.tar").write_text("not a tar\n" * 100)
+    empty = [str(tmp_path / name) for name in ("empty.tar", "text.tar", "missing.tar")]
+    assert without_samples(empty)
+    assert not without_samples([*empty, shard(tmp_path / "a.tar", 1)])
+    assert not without_samples([*empty, "pipe:curl -s https://example.org/0.tar"])  # streamed: taken on trust
