@@ -221,8 +221,9 @@ def machine() -> str:
     if cpuinfo.is_file():
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"{platform.system()} {platform.release()}")
+    threads = torch.get_num_threads()
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {threads} thread{'s' * (threads != 1)} "
+            f"and {torch.backends.cpu.get_cpu_capability()} kernels, {platform.system()} {platform.release()}")
 
 
 def cell(values: Sequence[float], digits: int = 2) -> str:

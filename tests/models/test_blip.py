@@ -31,8 +31,8 @@ from cir.models import (
     merge_lora,
     tower_parameter_names,
 )
-from cir.models.factory import _is_hugging_face_name
 from cir.models.blip import BLIP_CONTEXT_LENGTH, BlipTokenizer, SplitQKV
+from cir.models.factory import _is_hugging_face_name
 from cir.tasks.tat import build_tat_backbone
 
 IMAGE_SIZE, WIDTH, EMBED_DIM, LAYERS = 32, 32, 24, 2
