@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from cir import fit
 from cir.config import ConfigError, run_cli
 from cir.data.synth import vocabulary
 from cir.demo.hits import load_features, query_hits
+from cir.demo.pipeline import build_plan, load_demo_config, pending_shards
 from cir.models import CONFIG_DIR
 from cir.slerp import method_key
 
@@ -117,8 +119,6 @@ def test_config_errors_stop_before_any_stage(tmp_path, capsys) -> None:
         assert key in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="task"):
-        from cir.demo.pipeline import load_demo_config
-
         load_demo_config(DEMO, ["task=tat"])
 
 
@@ -135,10 +135,6 @@ def test_demo_model_configs_cover_the_benchmark_vocabulary(name) -> None:
     ("demo_premise_captions.yaml", {"tat_none_s2": {"model.name": "cir-demo", "trainer.max_steps": 120}}),
 ])
 def test_the_premise_variants_check_every_stage_and_say_what_they_change(name, expected, tmp_path) -> None:
-    from omegaconf import OmegaConf
-
-    from cir.demo.pipeline import build_plan, load_demo_config, pending_shards
-
     path = DEMO.parent / name
     cfg = load_demo_config(path, [f"output_dir={tmp_path}"])
     stages, _ = build_plan(cfg, path.parent, pending_shards(tmp_path / "synth"))
