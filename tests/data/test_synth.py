@@ -434,6 +434,8 @@ def test_bad_sizes_are_named(tmp_path):
         generate(tmp_path, val_queries=0)
     with pytest.raises(ValueError, match="multi_object_rate"):
         generate(tmp_path, multi_object_rate=1.5)
+    with pytest.raises(ValueError, match="pretrain_captions must be an integer >= 1"):
+        generate(tmp_path, pretrain_captions=0)
     with pytest.raises(ValueError, match="seed"):
         generate(tmp_path, seed=-1)
     assert not any(tmp_path.iterdir())
