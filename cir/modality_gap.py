@@ -1,9 +1,37 @@
-"""The modality gap TAT is meant to close, measured on matching image-text pairs."""
+"""The modality gap TAT is meant to close, measured on matching image-text pairs.
+
+`gap_sums` holds the parts that add up over batches and ranks, so a gap over
+more pairs than one process holds is `gap_from_sums` of the summed parts.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+
+def gap_sums(image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums of the L2-normalised image and text rows, of the pair cosines, and the pair count (may be 0 pairs)."""
+    if image.shape != text.shape or image.ndim != 2:
+        raise ValueError(f"expected two N x D tensors of the same shape, got {tuple(image.shape)} and {tuple(text.shape)}")
+    image = F.normalize(image.float(), dim=-1)
+    text = F.normalize(text.float(), dim=-1)
+    return {
+        "image": image.sum(0),
+        "text": text.sum(0),
+        "cosine": (image * text).sum(),
+        "count": torch.tensor(image.shape[0], device=image.device),
+    }
+
+
+def gap_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`modality_gap` from `gap_sums` added up over any split of the pairs (at least one pair in all; no check
+    here, since a check would cost training a device sync every step)."""
+    count = sums["count"]
+    return {
+        "gap": ((sums["image"] - sums["text"]) / count).norm(),
+        "pair_cosine": sums["cosine"] / count,
+    }
 
 
 def modality_gap(image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -13,9 +41,4 @@ def modality_gap(image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Ten
     """
     if image.shape != text.shape or image.ndim != 2 or image.shape[0] == 0:
         raise ValueError(f"expected two non-empty N x D tensors of the same shape, got {tuple(image.shape)} and {tuple(text.shape)}")
-    image = F.normalize(image.float(), dim=-1)
-    text = F.normalize(text.float(), dim=-1)
-    return {
-        "gap": (image.mean(0) - text.mean(0)).norm(),
-        "pair_cosine": (image * text).sum(-1).mean(),
-    }
+    return gap_from_sums(gap_sums(image, text))

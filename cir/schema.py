@@ -56,6 +56,8 @@ class EvalConfig:
     exclude_reference: bool | None = None
     # Write <output_dir>/features/<dataset>-<split>.npz: the features and ids that were scored (README "Outputs")
     save_features: bool = False
+    # A JSONL of image-caption pairs (cir.eval.gap): the model's gap on them -> metrics.json modality_gap/{gap,pair_cosine,pairs}
+    gap_pairs: str | None = None
 
 
 @dataclass

@@ -19,8 +19,12 @@ TARGET_COLOUR = (0.0, 0.8, 0.0)
 OTHER_COLOUR = (0.6, 0.6, 0.6)
 
 
-def _split_key(key: str) -> tuple[str, str, str, str]:
-    dataset, split, method, metric = key.split("/")
+def _split_key(key: str) -> tuple[str, str, str, str] | None:
+    """A retrieval key's (dataset, split, method, metric); None for other entries such as modality_gap/gap."""
+    parts = key.split("/")
+    if len(parts) != 4:
+        return None
+    dataset, split, method, metric = parts
     return dataset, split, method, metric
 
 
@@ -30,10 +34,15 @@ def _method_order(method: str) -> tuple[int, float]:
 
 
 def format_table(metrics: dict[str, float]) -> str:
-    """One block per dataset/split: methods as rows, metrics as columns."""
+    """One block per dataset/split: methods as rows, metrics as columns; other entries (the modality gap) after."""
     blocks: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    others: list[str] = []
     for key, value in metrics.items():
-        dataset, split, method, metric = _split_key(key)
+        parts = _split_key(key)
+        if parts is None:
+            others.append(f"{key}: {value:.4g}")
+            continue
+        dataset, split, method, metric = parts
         blocks.setdefault((dataset, split), {}).setdefault(method, {})[metric] = value
     lines: list[str] = []
     for (dataset, split), rows in blocks.items():
@@ -44,7 +53,7 @@ def format_table(metrics: dict[str, float]) -> str:
         for method in sorted(rows, key=_method_order):
             lines.append(method.ljust(width) + "".join(f"{rows[method].get(c, float('nan')):9.2f}" for c in columns))
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + others)
 
 
 def sweep_figure(metrics: dict[str, float], metric_names: tuple[str, ...] = ("R@1", "R@10", "mAP@5", "Rsub@1")):
@@ -52,9 +61,10 @@ def sweep_figure(metrics: dict[str, float], metric_names: tuple[str, ...] = ("R@
     curves: dict[str, list[tuple[float, float]]] = {}
     baselines: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        dataset, split, method, metric = _split_key(key)
-        if metric not in metric_names:
+        parts = _split_key(key)
+        if parts is None or parts[3] not in metric_names:
             continue
+        dataset, split, method, metric = parts
         name, alpha = parse_method_key(method)
         label = f"{dataset}/{split} {metric}"
         if name == "slerp":

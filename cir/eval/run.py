@@ -2,7 +2,8 @@
 
 `cir.evaluate` and `cir.submit` are thin command lines over `prepare` / `encode`;
 `evaluate` writes what `cir.evaluate` promises (metrics.json, alpha_sweep.png,
-config.yaml, a TensorBoard run) and returns the metrics.
+config.yaml, a TensorBoard run; with eval.gap_pairs the model's modality gap
+among the metrics) and returns the metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
@@ -18,6 +20,7 @@ from cir.distributed import is_global_zero
 from cir.eval.evaluator import BenchmarkEvaluator
 from cir.eval.export import save_features
 from cir.eval.features import FeatureCache, excludes_reference
+from cir.eval.gap import METRIC_PREFIX, gap_metrics, measure_gap, read_pairs
 from cir.eval.report import retrieval_grid, sweep_figure
 from cir.eval.scoring import ranked_ids
 from cir.eval.splits import benchmark_splits, paper_alpha
@@ -45,13 +48,15 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
 
 
-def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: dict) -> None:
-    """Encode the uncached splits with a Lightning validation loop (DDP over any number of devices)."""
+def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: dict) -> torch.device | None:
+    """Encode the uncached splits with a Lightning validation loop (DDP over any number of devices); returns the
+    device it encoded on (Lightning hands the model back on the CPU), None when every split was cached."""
     loaders = evaluator.dataloaders(backbone)
     if not loaders:
-        return
+        return None
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False, **trainer_kwargs)
     trainer.validate(ZeroShotEvaluation(backbone, evaluator), dataloaders=loaders, verbose=False)
+    return trainer.strategy.root_device
 
 
 def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, BenchmarkEvaluator, dict, list[float]]:
@@ -94,10 +99,17 @@ def validation_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
     """Encode, score every method, and (on rank 0) write metrics.json, the plot, config.yaml, TensorBoard
-    and, with eval.save_features, the exported features; returns the metrics and the evaluator that scored them."""
+    and, with eval.save_features, the exported features; returns the metrics and the evaluator that scored them.
+    With eval.gap_pairs every rank measures the modality gap on its share of the pairs (read first, so a bad file
+    fails before any model is built; not in check_eval_config, since a grid checks configs before an earlier
+    stage writes the file)."""
+    pairs = read_pairs(cfg.eval.gap_pairs) if cfg.eval.gap_pairs is not None else None
     backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
-    encode(evaluator, backbone, trainer_kwargs)
+    device = encode(evaluator, backbone, trainer_kwargs)
     metrics = evaluator.score(backbone.device)
+    if pairs is not None:
+        backbone.to(device or backbone.device)
+        metrics |= gap_metrics(measure_gap(backbone, pairs, cfg.data.batch_size))
     if is_global_zero():
         write_outputs(cfg, backbone, evaluator, metrics)
         export_features(cfg, evaluator)
@@ -136,9 +148,13 @@ def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvalu
 
 
 def hparam_metrics(metrics: dict[str, float], alpha: float) -> dict[str, float]:
-    """The columns of TensorBoard's hparams view: the baselines and Slerp at the paper's alpha (not the whole sweep)."""
+    """The columns of TensorBoard's hparams view: the baselines and Slerp at the paper's alpha (not the whole sweep),
+    and the modality gap when measured."""
     shown = {"image", "text", "sum", method_key("slerp", alpha)}
-    return {key: value for key, value in metrics.items() if key.split("/")[2] in shown}
+    return {
+        key: value for key, value in metrics.items()
+        if key.startswith(f"{METRIC_PREFIX}/") or (len(key.split("/")) == 4 and key.split("/")[2] in shown)
+    }
 
 
 def log_examples(logger: TensorBoardLogger, evaluator: BenchmarkEvaluator, cfg: DictConfig) -> None:

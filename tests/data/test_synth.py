@@ -22,6 +22,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from cir.data.benchmarks import load_benchmarks
 from cir.data.synth import generate, shard_urls, vocabulary
 from cir.data.synth import writer as synth_writer
 from cir.data.synth.captions import Edit, apply_edit, pretrain_caption
@@ -71,7 +72,14 @@ def _shard_samples(out: Path, set_name: str) -> list[dict]:
 
 
 def _annotation_files(out: Path) -> list[Path]:
-    return sorted([*(out / "cirr" / "cirr").rglob("*.json"), out / "cirr" / "attributes.json", out / "shards" / "manifest.json"])
+    return sorted([*(out / "cirr" / "cirr").rglob("*.json"), *(out / "cirr" / "gap_pairs").glob("*.jsonl"),
+                   out / "cirr" / "attributes.json", out / "shards" / "manifest.json"])
+
+
+def _gap_pairs(out: Path, split: str) -> list[tuple[Path, str]]:
+    folder = out / "cirr" / "gap_pairs"
+    lines = (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [((folder / pair["image"]).resolve(), pair["caption"]) for pair in map(json.loads, lines)]
 
 
 # ----- scene attributes, compared without the generator's code -----
@@ -219,6 +227,20 @@ def test_different_seeds_differ(out, tmp_path):
     first, second = _shard_samples(out, "pretrain"), _shard_samples(other, "pretrain")
     assert [s["txt"] for s in first] != [s["txt"] for s in second]
     assert not np.array_equal(_pixels(first[0]["png"]), _pixels(second[0]["png"]))
+    for split in SPLITS:
+        assert [c for _, c in _gap_pairs(out, split)] != [c for _, c in _gap_pairs(other, split)]
+
+
+def test_gap_pairs_are_each_gallery_image_with_a_pretraining_caption_drawn_per_split_from_the_seed(out):
+    # the algorithm the demo measured its published gaps on: a fresh generator per split, seeded with the seed
+    attributes = _read(out / "cirr" / "attributes.json")
+    for split in SPLITS:
+        (bench,) = load_benchmarks("cirr", out / "cirr", split)
+        rng = np.random.default_rng(0)
+        expected = [(bench.image_path(name).resolve(), pretrain_caption(Scene.from_dict(attributes[name]), rng))
+                     for name in bench.gallery]
+        assert _gap_pairs(out, split) == expected, split
+        assert all(path.is_file() for path, _ in expected)
 
 
 @pytest.mark.parametrize("set_name", ["pretrain", "tune"])

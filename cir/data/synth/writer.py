@@ -6,6 +6,8 @@
     <out>/cirr/cirr/image_splits/split.rc2.{train,val,test1}.json
     <out>/cirr/{train/<n>,dev,test1}/<name>.png
     <out>/cirr/attributes.json                image name -> scene attributes
+    <out>/cirr/gap_pairs/{train,val,test1}.jsonl  per gallery image {"image": path relative to gap_pairs/,
+                                              "caption": pretraining-style caption}: eval.gap_pairs
     <out>/synth-complete.json                 completion marker, written last
 
 Every image draws its jitter and noise from its own random stream keyed by
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -28,12 +31,14 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
+from cir.data.benchmarks import load_benchmarks
 from cir.data.benchmarks.cirr import CIRR_VERSION
 from cir.data.synth.captions import pretrain_caption, tune_caption
 from cir.data.synth.queries import SceneSplit, build_split
 from cir.data.synth.scenes import RenderStyle, Scene, encode_png, random_scene, render
+from cir.io import atomic_write_text, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: cirr/gap_pairs/
 MARKER = "synth-complete.json"
 # (split, image folder / name prefix, stream id): CIRR names its val images "dev-...".
 CIRR_SPLITS = (("train", "train", 3), ("val", "dev", 4), ("test1", "test1", 5))
@@ -119,8 +124,8 @@ def generate(out: str | Path, seed: int = 0, *, progress: bool = True, **sizes: 
         )
     queries = {"train": settings.train_queries, "val": settings.val_queries, "test1": settings.test_queries}
     manifest["cirr"] = _write_cirr(out / "cirr", queries, seed, settings, progress)
-    _write_json(manifest_path, manifest)
-    _write_json(marker, wanted)
+    write_json(manifest_path, manifest)
+    write_json(marker, wanted)
     return manifest
 
 
@@ -130,6 +135,12 @@ def shard_urls(out: str | Path, set_name: str) -> str:
     if set_name not in manifest["shards"]:
         raise KeyError(f"no shard set {set_name!r} in {out}; sets: {', '.join(manifest['shards'])}")
     return str(Path(out).expanduser().resolve() / "shards" / manifest["shards"][set_name]["pattern"])
+
+
+def shard_pattern(set_name: str, settings: SynthSizes) -> str:
+    """One set's brace pattern relative to <out>/shards, known from the sizes alone (before the shards exist)."""
+    total = settings.pretrain_samples * settings.pretrain_captions if set_name == "pretrain" else settings.tune_samples
+    return f"{set_name}-{{000000..{math.ceil(total / settings.shard_size) - 1:06d}}}.tar"
 
 
 def _write_shards(
@@ -154,11 +165,10 @@ def _write_shards(
                     "json": _dumps(scene.to_dict()).encode("utf-8"),
                 }
             )
-    n_shards = math.ceil(total / settings.shard_size)
     return {
         "samples": total,
-        "shards": n_shards,
-        "pattern": f"{shard_set.name}-{{000000..{n_shards - 1:06d}}}.tar",
+        "shards": math.ceil(total / settings.shard_size),
+        "pattern": shard_pattern(shard_set.name, settings),
         "two_object_rate": shard_set.two_object_rate,
     }
 
@@ -178,13 +188,14 @@ def _write_cirr(
         pairid += len(entries)
         captions = root / "cirr" / "captions"
         captions.mkdir(parents=True, exist_ok=True)
-        _write_json(captions / f"cap.{CIRR_VERSION}.{split}.json", entries)
+        write_json(captions / f"cap.{CIRR_VERSION}.{split}.json", entries)
         summary[split] = {
             "queries": len(entries),
             "images": len(names),
             "two_object_images": sum(scene.count == 2 for scene in names),
         }
-    _write_json(root / "attributes.json", attributes)
+    write_json(root / "attributes.json", attributes)
+    _write_gap_pairs(root, attributes, seed)
     return {"root": "cirr", "splits": summary, "images": "disjoint per split, scenes shared"}
 
 
@@ -207,8 +218,27 @@ def _write_split_images(
         paths[name] = f"./{folder}/{name}.png"
     splits = root / "cirr" / "image_splits"
     splits.mkdir(parents=True, exist_ok=True)
-    _write_json(splits / f"split.{CIRR_VERSION}.{split}.json", paths)
+    write_json(splits / f"split.{CIRR_VERSION}.{split}.json", paths)
     return names
+
+
+def _write_gap_pairs(root: Path, attributes: dict[str, Any], seed: int) -> None:
+    """Held-out image-caption pairs for cir.evaluate's modality gap: every gallery image of a split, in gallery
+    order, with a pretraining-style caption from a fresh generator per split seeded with `seed` (the pairs the
+    demo measured before the gap moved into cir.evaluate, so its numbers stay comparable)."""
+    folder = root / "gap_pairs"
+    for split, _, _ in CIRR_SPLITS:
+        (bench,) = load_benchmarks("cirr", root, split)
+        rng = np.random.default_rng(seed)
+        lines = [
+            json.dumps({
+                "image": Path(os.path.relpath(bench.image_path(name), folder)).as_posix(),
+                "caption": pretrain_caption(Scene.from_dict(attributes[name]), rng),
+            })
+            + "\n"
+            for name in bench.gallery
+        ]
+        atomic_write_text(folder / f"{split}.jsonl", "".join(lines))
 
 
 def _caption_entries(
@@ -238,7 +268,3 @@ def _caption_entries(
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, sort_keys=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
