@@ -1,11 +1,15 @@
-"""Command line: `python -m cir.data.synth --out DIR --seed N [size flags]`."""
+"""Command line: `python -m cir.data.synth --out DIR --seed N [size flags]`, or with a config as a grid stage runs it:
+`python -m cir.data.synth CONFIG [key=value ...]` (`task: synth`, cir.data.synth.config)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import fields
 
+from cir.config import load_config, run_cli
+from cir.data.synth import config
 from cir.data.synth.writer import SynthSizes, generate
 
 _HELP = {
@@ -21,7 +25,17 @@ _HELP = {
 }
 
 
+def from_config(path: str | None, overrides: list[str]) -> None:
+    """usage: python -m cir.data.synth CONFIG [key=value ...] [--debug]"""
+    cfg = load_config(config.SynthRunConfig, path, overrides)
+    print(json.dumps(config.run(cfg), indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and not args[0].startswith("-"):
+        run_cli(from_config, args)
+        return
     parser = argparse.ArgumentParser(prog="python -m cir.data.synth", description=__doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -33,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--{item.name.replace('_', '-')}", type=type(default), default=default,
             help=f"{_HELP[item.name]} (default {default})",
         )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args)
     sizes = {item.name: getattr(args, item.name) for item in fields(SynthSizes)}
     try:
         manifest = generate(args.out, args.seed, progress=not args.quiet, **sizes)
