@@ -5,29 +5,29 @@ resumes from <output_dir>/checkpoints/last.ckpt. The run folder gets the
 resolved config, TensorBoard logs, checkpoints, run.json (what made the run)
 and the merged export: export.pt (a plain open_clip checkpoint) or, for a BLIP
 backbone, an export/ folder that transformers' from_pretrained loads.
-A multi-stage config (`task: demo`) runs its own pipeline instead.
+A grid of runs (`task: grid`, e.g. the embedded demo) runs its stages
+instead, as `python -m cir.grid CONFIG` would.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 
 from cir.config import load_config, read_yaml, run_cli
+from cir.grid.__main__ import main as run_grid
 from cir.schema import FitConfig
 from cir.training import train
 
-# Multi-stage runs (a config with `task: demo`) have their own schema and runner; looked up by name, as tasks are.
-PIPELINES = {"demo": "cir.demo"}
 
-
-def main(path: str | None, overrides: list[str]) -> Path:
+def main(path: str | None, overrides: list[str]) -> Path | None:
     """usage: python -m cir.fit CONFIG [key=value ...] [--debug]"""
     raw = read_yaml(Path(path)) if path is not None else None
-    if raw is not None and raw.get("task") in PIPELINES:
-        return importlib.import_module(PIPELINES[raw.task]).main(path, overrides, raw=raw)
+    if raw is not None and raw.get("task") == "grid":
+        if run_grid(path, overrides):
+            raise SystemExit(1)
+        return None
     cfg = load_config(FitConfig, path, overrides, raw=raw)
     record = train(cfg)
     out = Path(cfg.output_dir)

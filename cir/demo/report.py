@@ -4,7 +4,11 @@ which findings held, each judged by a 95 % interval (cir.demo.stats).
 Slerp's alpha for every model and seed is the best R@1 of the sweep on the
 benchmark's train split (queries zero-shot models never see), and every number
 is reported on val, so the comparison does not pick alphas on the numbers it
-reports. Per-query hits come from the val evaluation's exported features.
+reports. Per-query hits come from the val evaluation's exported features,
+the modality gap from the val evaluation's `modality_gap/...` entries.
+
+`grid_report` is the demo grid's `report: demo`: its cells are training seeds,
+its models the stages of MODELS, each evaluated by `<stage>_val` and `<stage>_train`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from cir.demo.stats import (
     verdict,
 )
 from cir.eval.report import sweep_figure
+from cir.grid.plan import Grid
 from cir.io import atomic_write_text
 from cir.slerp import method_key, parse_method_key
 
@@ -40,18 +45,22 @@ BASELINES = ("image", "text", "sum")
 BASELINE_LABELS = {"image": "image only", "text": "text only", "sum": "sum", "slerp": "Slerp"}
 PRETRAINED, TAT, IMAGE_ANCHOR, NO_ANCHOR = "pretrain", "tat_text", "tat_image", "tat_none"
 NOT_JUDGED = "not judged"
+# The demo grid's trained stages, in report order, and what the table calls them.
+MODELS = {PRETRAINED: "pretrained CLIP", TAT: "TAT (text anchor)", IMAGE_ANCHOR: "image anchor",
+          NO_ANCHOR: "no anchor", "sup_from_tat": "supervised from TAT", "sup_from_pretrain": "supervised from pretrained"}
+FEATURES = "features/cirr-val.npz"  # eval.save_features=true: what per-query hits are recomputed from
+GAP = "modality_gap/"  # the val evaluation's eval.gap_pairs entries
 
 
 @dataclass(frozen=True)
 class ModelRun:
-    """One model of one training seed: its name (seed left out), label, evaluation folders, gap file, and the
-    val evaluation's exported features (per-query hits)."""
+    """One model of one training seed: its name (the grid stage), label, evaluation folders (the val one holds the
+    modality gap), and the val evaluation's exported features (per-query hits)."""
 
     name: str
     label: str
     val_dir: Path
     train_dir: Path
-    gap_file: Path
     seed: int = 0
     features: Path | None = None
 
@@ -121,7 +130,7 @@ def best_alpha(table: dict[str, dict[str, float]], metric: str = "R@1") -> float
 
 def _load(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; rerun the demo with demo.rerun=[<the stage that writes it>]")
+        raise FileNotFoundError(f"{path}: missing; rerun the demo with rerun=[<cell>/<the stage that writes it>]")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -129,13 +138,18 @@ def collect(models: Sequence[ModelRun]) -> dict[str, list[SeedResult]]:
     """Every model's results, seed by seed (model name -> one SeedResult per seed, in run order)."""
     results: dict[str, list[SeedResult]] = {}
     for run in models:
-        val = split_metrics(_load(run.val_dir / "metrics.json"))
+        metrics = _load(run.val_dir / "metrics.json")
+        gap = {key.removeprefix(GAP): value for key, value in metrics.items() if key.startswith(GAP)}
+        if not gap:
+            raise FileNotFoundError(f"{run.val_dir / 'metrics.json'}: no modality gap; the val evaluation needs "
+                                    "eval.gap_pairs")
+        val = split_metrics(metrics)
         alpha = best_alpha(split_metrics(_load(run.train_dir / "metrics.json")))
         hits: dict[str, np.ndarray] = {}
         if run.features is not None:
             features = load_features(run.features)
             hits = {m: query_hits(features, m, alpha if m == "slerp" else None) for m in reported_methods(run.name)}
-        results.setdefault(run.name, []).append(SeedResult(run, alpha, val, _load(run.gap_file), hits))
+        results.setdefault(run.name, []).append(SeedResult(run, alpha, val, gap, hits))
     return results
 
 
@@ -301,3 +315,25 @@ def write_report(root: Path, models: Sequence[ModelRun], wall_s: float, echo: Ca
     echo("\n" + text)
     echo(f"results: {root / 'results.md'}\nplot: {root / 'alpha_sweep.png'}\ntensorboard: tensorboard --logdir {root}")
     return root
+
+
+def grid_models(grid: Grid) -> list[ModelRun]:
+    """Every cell's models (the enabled stages of MODELS), with the training seed their run.json records."""
+    models = []
+    for cell in grid.cells:
+        for name, label in MODELS.items():
+            stages = (name, f"{name}_val", f"{name}_train")
+            if not all(s in cell.enabled and cell.enabled[s] for s in stages):
+                continue
+            val = grid.folder(cell, stages[1])
+            seed = _load(grid.folder(cell, name) / "run.json")["config"]["seed"]
+            models.append(ModelRun(name, label, val, grid.folder(cell, stages[2]), seed, val / FEATURES))
+    if not any(m.name == PRETRAINED for m in models):
+        raise FileNotFoundError(f"{grid.path}: `report: demo` needs the stages {PRETRAINED}, {PRETRAINED}_val and "
+                                f"{PRETRAINED}_train (the models it compares: {', '.join(MODELS)})")
+    return models
+
+
+def grid_report(grid: Grid, wall_s: float, cpu_s: float, echo: Callable[[str], None] = print) -> Path:
+    """`report: demo` of a grid whose cells are training seeds (experiments/demo.yaml)."""
+    return write_report(grid.root, grid_models(grid), wall_s, echo, cpu_s)

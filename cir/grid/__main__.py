@@ -6,7 +6,8 @@ run one after the other; a cell whose calls are complete with the same
 config is skipped; a failed cell is reported, the others go on, and the exit
 status is 1 naming the failed cells. `--slurm` submits the cells with sbatch
 (jobs.json in the grid folder), `--dry-run` prints the commands instead.
-`--only CELL/STAGE` runs one call (what the grid's SLURM jobs run).
+`--only CELL/STAGE` (or `--only STAGE` for a shared stage) runs one call (what the grid's SLURM jobs run).
+`python -m cir.fit CONFIG` runs a grid config (`task: grid`) the same way.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ FLAGS = ("--slurm", "--dry-run")
 
 def run_one(grid: Grid, key: str) -> None:
     """One call of one cell, in place of this process (its exit status is the job's)."""
-    cell_name, _, stage = key.partition("/")
-    cell = next((c for c in grid.cells if c.name == cell_name), None)
+    cell_name, _, stage = key.rpartition("/")
+    cell = grid.cells[0] if not cell_name and stage in grid.shared else next(
+        (c for c in grid.cells if c.name == cell_name and stage not in grid.shared), None)
     if cell is None or stage not in grid.stage_names:
         raise ConfigError(f"--only {key}: expected CELL/STAGE with a cell from {[c.name for c in grid.cells]} "
-                          f"and a stage from {grid.stage_names}")
+                          f"and a stage from {grid.stage_names}, or a shared stage from {grid.shared}")
     call = grid.call(cell, stage)  # not validated here: the CLI does that as it starts
     call.prepare(from_scratch=False)
     sys.stdout.flush()
@@ -52,9 +54,10 @@ def main(path: str | None, overrides: list[str], flags: Sequence[str] = (), only
         failed = run_cells(grid, dry=dry)
     if failed:
         print(f"failed cells ({len(failed)} of {len(grid.cells)}): {', '.join(failed)}", file=sys.stderr)
-    elif not dry:
-        print(f"all {len(grid.cells)} cells {'submitted or done' if '--slurm' in flags else 'done'}: "
-              f"python -m cir.report {grid.root}")
+    elif not dry and "--slurm" in flags:
+        print(f"all {len(grid.cells)} cells submitted or done: python -m cir.report {grid.root}")
+    elif not dry and grid.cfg.report is None:
+        print(f"all {len(grid.cells)} cells done: python -m cir.report {grid.root}")
     return failed
 
 

@@ -1,17 +1,25 @@
-"""Run a grid's cells one after the other here; a failed cell is reported and the others go on."""
+"""Run a grid here: its shared stages, then its cells one after the other; a failed cell is reported and the others
+go on. With `report:` set, the cross-cell report is written once every cell is done."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import resource
 import shlex
 import subprocess
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from cir.config import ConfigError
-from cir.grid.plan import CELL_FILE, Cell, Grid
-from cir.grid.stages import run_stages
+from cir.grid.plan import CELL_FILE, REPORTS, Grid
+from cir.grid.stages import Stage, run_stages
 from cir.io import write_json
 
 GRID_FILE = "grid.json"
+FAILURES = (ConfigError, FileNotFoundError, subprocess.CalledProcessError)
 
 
 def write_records(grid: Grid) -> None:
@@ -28,28 +36,83 @@ def failure(err: Exception) -> str:
     return str(err)
 
 
-def dry_run(grid: Grid, cell: Cell, echo: Callable[[str], None]) -> None:
-    for stage in grid.stages(cell):
+def dry_run(stages: Sequence[Stage], echo: Callable[[str], None]) -> None:
+    for stage in stages:
         call = stage.calls[0]
         echo(f"  {stage.name}: done before, skipped" if call.done() else f"  {shlex.join(call.command)}")
 
 
-def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False) -> list[str]:
-    """Every cell in order; returns the names of the cells that failed (config error or a CLI's non-zero exit)."""
-    if not dry:
-        write_records(grid)
+def cpu_seconds() -> float:
+    """User + sys time of this process and its finished children (CLI processes, data-loader workers)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """In-process calls: cir's own log lines stay, everyone else's info lines (one set per Trainer and per model)
+    would drown the stage lines."""
+    names = ("", "lightning.pytorch", "lightning.fabric", "cir")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names[:-1]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("cir").setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False,
+              warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[str]:
+    """The shared stages, then every cell in order; returns the names of the cells that failed (config error or a
+    CLI's non-zero exit). Every call is checked before the first one runs, so a typo costs no work; a failed shared
+    stage fails every cell."""
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    shared = grid.shared_stages()
+    try:
+        for stage in shared:
+            stage.validate()
+    except FAILURES as err:
+        warn(f"shared stages: FAILED: {failure(err)}")
+        return [c.name for c in grid.cells]
     failed: list[str] = []
-    for number, cell in enumerate(grid.cells, 1):
-        echo(f"cell {number}/{len(grid.cells)}: {cell.name}")
+    for cell in grid.cells:
         try:
-            stages = grid.stages(cell)
-            for stage in stages:  # a cell's stage configs are all checked before its first stage runs
-                stage.validate("grid")
-            if dry:
-                dry_run(grid, cell, echo)
-            else:
-                run_stages(stages, set(), False, echo, prefix=f"{cell.name}/")
-        except (ConfigError, FileNotFoundError, subprocess.CalledProcessError) as err:
-            echo(f"cell {cell.name}: FAILED: {failure(err)}")
+            for stage in grid.stages(cell):
+                stage.validate()
+        except FAILURES as err:
+            warn(f"cell {cell.name}: FAILED: {failure(err)}")
             failed.append(cell.name)
+    if len(failed) == len(grid.cells):
+        return failed
+    if dry:
+        if shared:
+            echo("shared stages:")
+            dry_run(shared, echo)
+        for number, cell in enumerate(grid.cells, 1):
+            if cell.name not in failed:
+                echo(f"cell {number}/{len(grid.cells)}: {cell.name}")
+                dry_run(grid.stages(cell), echo)
+        return failed
+    write_records(grid)
+    with quiet_logs() if grid.cfg.in_process else contextlib.nullcontext():
+        try:
+            ran = run_stages(shared, grid.rerun(None), grid.cfg.fresh, echo) if shared else []
+        except FAILURES as err:
+            warn(f"shared stages: FAILED: {failure(err)}")
+            return [c.name for c in grid.cells]
+        for number, cell in enumerate(grid.cells, 1):
+            if cell.name in failed:
+                continue
+            echo(f"cell {number}/{len(grid.cells)}: {cell.name}")
+            try:
+                run_stages(grid.stages(cell), grid.rerun(cell), grid.cfg.fresh, echo, ran=ran, prefix=f"{cell.name}/")
+            except FAILURES as err:
+                warn(f"cell {cell.name}: FAILED: {failure(err)}")
+                failed.append(cell.name)
+        if grid.cfg.report is not None and not failed:
+            report = importlib.import_module(REPORTS[grid.cfg.report]).grid_report
+            report(grid, time.perf_counter() - start, cpu_seconds() - cpu_start, echo)
     return failed

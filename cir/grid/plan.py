@@ -17,14 +17,17 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cir.config import ConfigError, load_config, open_nodes, read_yaml, require
+from cir.data.synth import config as synth_config
 from cir.grid.schema import MANDATORY, GridConfig
-from cir.grid.stages import CLIS, CliCall, Stage
-from cir.schema import EvaluateConfig, FitConfig
+from cir.grid.stages import CLIS, SCHEMAS, CliCall, InProcessCall, Stage
 
-GRID_FIELDS = {"task", "name", "output_dir", "inputs", "stages", "axes", "labels", "slurm"}
+GRID_FIELDS = {"task", "name", "output_dir", "inputs", "stages", "axes", "labels", "slurm", "fresh", "rerun",
+               "in_process", "report", "overrides"}
+# Reports written across the cells once all are done (`report:` in the grid): module -> grid_report(grid, ...)
+REPORTS = {"demo": "cir.demo.report"}
 STAGE_FIELDS = ("enabled", "config")  # what an axis variant may set on a stage besides its config keys
 CELL_FILE = "cell.json"
-FREE_FORM = ("inputs", "axes", "labels", "stages")
+FREE_FORM = ("inputs", "axes", "labels", "stages", "overrides")
 
 
 def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
@@ -42,7 +45,8 @@ def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[
         raise ConfigError(f"{path}: config key `{getattr(err, 'full_key', '?')}`: {str(err).splitlines()[0]}") from None
     require(cfg.task == "grid", "task", "grid", cfg.task)
     require(len(cfg.stages) > 0, "stages", "at least one stage", {})
-    sections = {f.name for schema in (FitConfig, EvaluateConfig) for f in fields(schema)}
+    require(cfg.report is None or cfg.report in REPORTS, "report", f"null or one of {list(REPORTS)}", cfg.report)
+    sections = {f.name for schema in SCHEMAS.values() for f in fields(schema)}
     for name, spec in cfg.stages.items():
         require(name not in sections, f"stages.{name}", f"a stage name that is no config section ({sorted(sections)}: "
                 "`KEY=value` on the command line would reach the stage instead of the section)", name)
@@ -51,6 +55,9 @@ def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[
             raise ConfigError(f"config key `stages.{name}.config`: missing (the stage's YAML, relative to {path})")
         unknown = sorted(set(spec.needs) - set(cfg.stages))
         require(not unknown, f"stages.{name}.needs", f"stage names from {list(cfg.stages)}", list(spec.needs))
+        per_cell = [n for n in spec.needs if not cfg.stages[n].shared]
+        require(not (spec.shared and per_cell), f"stages.{name}.needs", "shared stages only (a shared stage runs "
+                "before the cells)", list(spec.needs))
     return cfg, [o for o in overrides if o not in grid_level]
 
 
@@ -88,15 +95,31 @@ class Grid:
         self.root = Path(self.cfg.output_dir).resolve()
         self.inputs = OmegaConf.to_container(self.cfg.inputs, resolve=False)
         self.stage_names = list(self.cfg.stages)
+        self.shared = [name for name in self.stage_names if self.cfg.stages[name].shared]
         self.bases = {name: self._base(name) for name in self.stage_names}
+        common = OmegaConf.to_container(self.cfg.overrides, resolve=False)
+        self.common = [self._route(str(k), v, "config key `overrides`") for k, v in common.items()]
         self.cli = [self._route(*o.split("=", 1), "the command line") for o in stage_overrides]
         self.cells = self._cells()
         self.check_mandatory()
+        self.check_rerun()
 
     def _base(self, name: str, config: str | None = None) -> DictConfig:
         spec = self.cfg.stages[name]
-        schema = FitConfig if spec.cli == "fit" else EvaluateConfig
-        return load_config(schema, self.path.parent / (config or spec.config))
+        return load_config(SCHEMAS[spec.cli], self.path.parent / (config or spec.config))
+
+    def check_rerun(self) -> None:
+        """`rerun` entries name a stage (every cell) or CELL/STAGE; a typo is an error, not a silent no-op."""
+        cells = {c.name for c in self.cells}
+        for entry in self.cfg.rerun:
+            cell, _, stage = entry.rpartition("/")
+            require(stage in self.stage_names and (not cell or (cell in cells and stage not in self.shared)), "rerun",
+                    f"STAGE or CELL/STAGE with a stage from {self.stage_names} and a cell from {sorted(cells)}", entry)
+
+    def rerun(self, cell: Cell | None) -> set[str]:
+        """The stages `rerun` names for one cell (None: the shared stages)."""
+        entries = [e.rpartition("/") for e in self.cfg.rerun]
+        return {stage for at, _, stage in entries if not at or (cell is not None and at == cell.name)}
 
     def _route(self, key: str, value: str, origin: str) -> list[tuple[str, str, str]]:
         """(stage, key, value) for every stage a `key=value` reaches: `STAGE.key` one stage, `key` all that have it."""
@@ -133,10 +156,13 @@ class Grid:
             for _, setting in combo:
                 for key, value in setting:
                     self._apply(cell, str(key), value)
-            for routed in self.cli:
-                for stage, key, value in routed:
-                    cell.overrides[stage].append((key, value, True))
+            for layer, raw in ((self.common, False), (self.cli, True)):
+                for routed in layer:
+                    for stage, key, value in routed:
+                        cell.overrides[stage].append((key, value, raw))
             cells.append(cell)
+        names = [c.name for c in cells]
+        require(len(set(names)) == len(names), "axes", "values that give every cell its own name", names)
         return cells
 
     def _apply(self, cell: Cell, key: str, value: Any) -> None:
@@ -144,25 +170,35 @@ class Grid:
         if head == "labels":
             cell.labels[rest] = str(value)
         elif head in self.cfg.stages and rest in STAGE_FIELDS:
+            self._not_shared(cell, head, key)
             if rest == "enabled":
                 cell.enabled[head] = bool(value)
             else:
                 cell.configs[head] = (self.path.parent / str(value)).resolve()
         else:
             for stage, k, v in self._route(key, value, f"axis value of cell {cell.name}"):
+                self._not_shared(cell, stage, k)
                 cell.overrides[stage].append((k, v, False))
 
+    def _not_shared(self, cell: Cell, stage: str, key: str) -> None:
+        if stage in self.shared:
+            raise ConfigError(f"axis value of cell {cell.name}: config key `{key}` reaches shared stage {stage}, "
+                              "which runs once for all cells (STAGE.key for the stages it should vary)")
+
     def folder(self, cell: Cell, stage: str) -> Path:
-        return self.root / cell.name / stage
+        return self.root / stage if stage in self.shared else self.root / cell.name / stage
 
     def call(self, cell: Cell, stage: str) -> CliCall:
         """The stage's call in this cell, with earlier stages' outputs as they are now."""
-        referenced = set(re.findall(r"\$\{stage\.(\w+)\.", str(cell.overrides[stage])))
-        unknown = sorted(referenced - set(self._before(stage)))
+        text = str(cell.overrides[stage])
+        needs = list(self.cfg.stages[stage].needs) if "${needs." in text else []
+        referenced = set(re.findall(r"\$\{stage\.(\w+)\.", text))
+        unknown = sorted((referenced | set(needs)) - set(self._before(stage)))
         if unknown:
-            raise ConfigError(f"stage {stage} reads ${{stage.{unknown[0]}...}}: only earlier stages can be read "
+            raise ConfigError(f"stage {stage} reads stage {unknown[0]}: only earlier stages can be read "
                               f"({', '.join(self._before(stage)) or 'none'})")
-        context = {"cell": cell.name, "stage": {s: self._outputs(cell, s) for s in sorted(referenced)},
+        outputs = {s: self._outputs(cell, s) for s in sorted(referenced | set(needs))}
+        context = {"cell": cell.name, "root": str(self.root), "stage": outputs, "needs": [outputs[n] for n in needs],
                    "inputs": {k: v for k, v in self.inputs.items() if v != MANDATORY}}
         final = self._final(cell, stage)
         try:
@@ -172,8 +208,8 @@ class Grid:
             raise ConfigError(f"stage {stage} of cell {cell.name}: {str(err).splitlines()[0]}") from None
         texts = [f"{k}={v if raw else _text(v)}" for (k, (_, raw)), v in zip(final.items(), values)]
         out = self.folder(cell, stage)
-        spec = self.cfg.stages[stage]
-        return CliCall(spec.cli, stage, cell.configs[stage], (*texts, f"output_dir={out}"), out)
+        kind = InProcessCall if self.cfg.in_process else CliCall
+        return kind(self.cfg.stages[stage].cli, cell.configs[stage], (*texts, f"output_dir={out}"), out)
 
     def _final(self, cell: Cell, stage: str) -> dict[str, tuple[Any, bool]]:
         """key -> (value, raw) after every layer, the last one winning; `???` left over is an error naming the key."""
@@ -200,10 +236,13 @@ class Grid:
     def _before(self, stage: str) -> list[str]:
         return self.stage_names[: self.stage_names.index(stage)]
 
-    def _outputs(self, cell: Cell, stage: str) -> dict[str, str]:
-        """What a later stage may read from `stage`: its folder, export and the model name to load the export with."""
+    def _outputs(self, cell: Cell, stage: str) -> dict[str, Any]:
+        """What a later stage may read from `stage`: its folder, export and the model name to load the export with
+        (a synth stage: cir.data.synth.config.outputs)."""
         call = self.call(cell, stage)
         cfg = call.load()
+        if call.cli == "synth":
+            return synth_config.outputs(cfg)
         if call.cli != "fit" or not cell.enabled[stage]:
             pretrained = cfg.model.pretrained if call.cli == "fit" else None
             return {"out": str(call.out), "export": str(pretrained), "export_model": cfg.model.name}
@@ -218,7 +257,12 @@ class Grid:
 
     def stages(self, cell: Cell) -> list[Stage]:
         """The enabled stages of a cell, each with its one call built when the runner asks for it."""
-        return [GridStage(self, cell, name) for name in self.stage_names if cell.enabled[name]]
+        return [GridStage(self, cell, name) for name in self.stage_names
+                if cell.enabled[name] and name not in self.shared]
+
+    def shared_stages(self) -> list[Stage]:
+        """The enabled shared stages (their config is the same in every cell: no axis reaches them)."""
+        return [GridStage(self, self.cells[0], name) for name in self.shared if self.cfg.stages[name].enabled]
 
     def record(self, cell: Cell) -> dict[str, Any]:
         """cell.json: what cir.report needs to label this cell's results."""
@@ -232,7 +276,7 @@ class GridStage(Stage):
     def __init__(self, grid: Grid, cell: Cell, name: str) -> None:
         spec = grid.cfg.stages[name]
         needs = [n for n in spec.needs if cell.enabled[n]]
-        super().__init__(name, f"{spec.cli} {Path(cell.configs[name]).name}", needs=needs)
+        super().__init__(name, spec.title or f"{spec.cli} {Path(cell.configs[name]).name}", needs=needs)
         self.grid, self.cell = grid, cell
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 from cir.config import ConfigError
 from cir.grid.plan import Cell, Grid
-from cir.grid.stages import CliCall
+from cir.grid.stages import CliCall, Stage
 from cir.io import write_json
 
 JOBS_FILE = "jobs.json"
@@ -79,11 +79,16 @@ class Submitter:
                 waiting.append(self.ids[key])
         return [f"--dependency=afterok:{':'.join(waiting)}"] if waiting else []
 
-    def plan_cell(self, cell: Cell) -> None:
-        for stage in self.grid.stages(cell):
-            key = f"{cell.name}/{stage.name}"
+    def key(self, cell: Cell | None, stage: str) -> str:
+        """A call's name in jobs.json and for --only: CELL/STAGE, a shared stage's name alone."""
+        return stage if cell is None or stage in self.grid.shared else f"{cell.name}/{stage}"
+
+    def plan(self, cell: Cell | None, stages: list[Stage]) -> None:
+        """Skip, wait on or submit each call of `stages` (a cell's, or the shared ones with `cell` None)."""
+        for stage in stages:
+            key = self.key(cell, stage.name)
             call = stage.calls[0]
-            needs = [f"{cell.name}/{n}" for n in stage.needs]
+            needs = [self.key(cell, n) for n in stage.needs]
             forced = any(self.ids.get(n) for n in needs)
             job = self.recorded.get(key, {}).get("job")
             if not forced and call.done():
@@ -97,7 +102,7 @@ class Submitter:
                     call.prepare(from_scratch=forced)
                 spec = self.grid.cfg.stages[stage.name]
                 if call.cli == "fit":
-                    options = [f"--job-name={self.grid.cfg.name}:{key}", f"--output={self.logs}/{cell.name}.{stage.name}.%j.out",
+                    options = [f"--job-name={self.grid.cfg.name}:{key}", f"--output={self.logs}/{key.replace('/', '.')}.%j.out",
                                *self.dependency(needs), *self.grid.cfg.slurm.fit, *spec.sbatch]
                     template = str(Path(self.grid.cfg.slurm.template).resolve())
                     self.record(key, self.sbatch(options, [template, str(call.config), *call.overrides]))
@@ -132,11 +137,20 @@ class Submitter:
     def submit_all(self) -> list[str]:
         """Plan and submit every cell; writes jobs.json (unless a dry run); returns the cells that failed to plan."""
         failed = []
+        try:
+            shared = self.grid.shared_stages()
+            for stage in shared:
+                stage.validate()
+            self.plan(None, shared)
+        except (ConfigError, FileNotFoundError) as err:
+            self.echo(f"shared stages: FAILED: {err}")
+            return [c.name for c in self.grid.cells]
         for cell in self.grid.cells:
             try:
-                for stage in self.grid.stages(cell):
-                    stage.validate("grid")
-                self.plan_cell(cell)
+                stages = self.grid.stages(cell)
+                for stage in stages:
+                    stage.validate()
+                self.plan(cell, stages)
             except (ConfigError, FileNotFoundError) as err:
                 self.echo(f"cell {cell.name}: FAILED: {err}")
                 failed.append(cell.name)

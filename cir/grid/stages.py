@@ -1,7 +1,8 @@
-"""Stages of CLI calls that skip on rerun: the runner behind the embedded demo and `python -m cir.grid`.
+"""Stages of CLI calls that skip on rerun: the runner behind `python -m cir.grid` (and so the embedded demo).
 
-A call is one `python -m cir.fit | cir.evaluate | cir.submit` with a stage YAML
-and overrides. It counts as done when its completion file exists and the
+A call is one `python -m cir.fit | cir.evaluate | cir.submit | cir.data.synth`
+with a stage YAML and overrides, run in a process of its own or (InProcessCall)
+in this one. It counts as done when its completion file exists and the
 config.yaml in its folder equals the config it would run with now. A call
 whose folder holds another config starts from an empty folder (so cir.fit
 never resumes a checkpoint of another config); one that was interrupted with
@@ -11,7 +12,8 @@ rerun too, from scratch.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import importlib
 import shutil
 import subprocess
 import sys
@@ -19,16 +21,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
+from cir.data.synth import config as synth_config
 from cir.io import atomic_write_text
 from cir.schema import EvaluateConfig, FitConfig
 
-CONFIG_FILE = "config.yaml"  # cir.fit and cir.evaluate write their resolved config here; for cir.submit the runner does
-CLIS = ("fit", "evaluate", "submit")
+CONFIG_FILE = "config.yaml"  # cir.fit, cir.evaluate and cir.data.synth write their config here; for cir.submit the runner does
+MODULES = {"fit": "cir.fit", "evaluate": "cir.evaluate", "submit": "cir.submit", "synth": "cir.data.synth"}
+CLIS = tuple(MODULES)
+SCHEMAS = {"fit": FitConfig, "evaluate": EvaluateConfig, "submit": EvaluateConfig, "synth": synth_config.SynthRunConfig}
+STDOUT_LOG = "stdout.log"  # an in-process evaluation's printed table
 SUBMISSION_GLOB = "*_submission.json"
 # Where a run ran, not what it computed: slurm/tat.sbatch sets them from the job's allocation.
 LAUNCH_KEYS = ("trainer.num_nodes", "trainer.devices")
@@ -47,19 +52,18 @@ def _without_launch(cfg: DictConfig) -> str:
 class CliCall:
     """One call of `python -m cir.<cli>`: a stage YAML, overrides and the folder it writes (its output_dir)."""
 
-    cli: str  # "fit" | "evaluate" | "submit"
-    section: str  # where its overrides come from (the demo's config section, the grid's stage)
+    cli: str  # a key of MODULES
     config: Path
     overrides: tuple[str, ...]
     out: Path
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", f"cir.{self.cli}", str(self.config), *self.overrides]
+        return [sys.executable, "-m", MODULES[self.cli], str(self.config), *self.overrides]
 
     def load(self) -> DictConfig:
         """The config the CLI will run with (light: what a SLURM job decides its call by before it starts the CLI)."""
-        return load_config(FitConfig if self.cli == "fit" else EvaluateConfig, self.config, self.overrides)
+        return load_config(SCHEMAS[self.cli], self.config, self.overrides)
 
     def resolve(self) -> DictConfig:
         """The config the CLI will run with, validated the way the CLI validates it."""
@@ -69,6 +73,9 @@ class CliCall:
         from cir.training import check_fit_config
 
         cfg = self.load()
+        if self.cli == "synth":
+            synth_config.check_synth_config(cfg)
+            return cfg
         if self.cli == "fit":
             check_fit_config(cfg)
         else:
@@ -77,6 +84,8 @@ class CliCall:
         return cfg
 
     def completed(self) -> bool:
+        if self.cli == "synth":
+            return synth_config.completed(self.out)
         if self.cli == "submit":
             return any(self.out.glob(SUBMISSION_GLOB))
         return (self.out / ("run.json" if self.cli == "fit" else "metrics.json")).is_file()
@@ -105,55 +114,46 @@ class CliCall:
         subprocess.run(self.command, check=True)
 
 
+class InProcessCall(CliCall):
+    """The CLI's main in this process, saving a fresh interpreter's imports per call (seconds each, which a grid of
+    small calls such as the embedded demo feels). Training keeps Lightning's progress bar on the terminal; an
+    evaluation's or submission's printed table goes to stdout.log in its folder."""
+
+    def run(self, from_scratch: bool) -> None:
+        self.prepare(from_scratch)
+        if self.cli == "synth":
+            synth_config.run(self.load())
+            return
+        main = importlib.import_module(MODULES[self.cli]).main
+        if self.cli == "fit":
+            main(str(self.config), list(self.overrides))
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / STDOUT_LOG, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+            main(str(self.config), list(self.overrides))
+
+
 class Stage:
-    """A named step; `name` is its folder and what a rerun names; `needs` the stages whose output it reads.
+    """A named step; `name` is its folder and what a rerun names; `needs` the stages whose output it reads."""
 
-    `after` runs once the calls are through and writes `after_output` (e.g. the demo's modality gap).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        title: str,
-        calls: Sequence[CliCall] = (),
-        needs: Sequence[str] = (),
-        after: Callable[[], None] | None = None,
-        after_output: Path | None = None,
-    ) -> None:
+    def __init__(self, name: str, title: str, calls: Sequence[CliCall] = (), needs: Sequence[str] = ()) -> None:
         self.name, self.title = name, title
         self.calls, self.needs = tuple(calls), tuple(needs)
-        self.after, self.after_output = after, after_output
 
-    def validate(self, owner: str = "demo") -> None:
+    def validate(self) -> None:
         for call in self.calls:
             try:
                 call.resolve()
             except ConfigError as err:
-                raise ConfigError(f"{owner} stage {self.name} ({call.config.name} + the {owner}'s `{call.section}.` keys): "
-                                  f"{err}") from None
+                raise ConfigError(f"grid stage {self.name} ({call.config.name} + the grid's overrides): {err}") from None
 
     def done(self) -> bool:
-        return (self.after_output is None or self.after_output.is_file()) and all(call.done() for call in self.calls)
+        return all(call.done() for call in self.calls)
 
     def run(self, from_scratch: bool) -> None:
         for call in self.calls:
             if from_scratch or not call.done():
                 call.run(from_scratch)
-        if self.after is not None:
-            self.after()
-
-
-def flatten_overrides(tree: dict[str, Any] | DictConfig, prefix: str = "") -> list[str]:
-    """{'optim': {'lr': 0.001}} -> ['optim.lr=0.001']; values as JSON, which the YAML override parser reads back."""
-    if isinstance(tree, DictConfig):
-        tree = OmegaConf.to_container(tree, resolve=True)
-    items: list[str] = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            items += flatten_overrides(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
 
 
 def run_stages(
@@ -162,20 +162,17 @@ def run_stages(
     fresh: bool,
     echo: Callable[[str], None] = print,
     ran: Sequence[str] = (),
-    first: int = 1,
-    total: int | None = None,
     prefix: str = "",
 ) -> list[str]:
     """Run what is not done; `fresh`, `rerun` and stages reading one that ran (in `ran` or now) run from scratch.
 
-    Returns `ran` extended by the stages run here; `first` / `total` number the lines of a plan run in parts,
-    `prefix` (a grid cell) leads each stage name. An exception from a stage propagates after its `...` line.
+    Returns `ran` extended by the stages run here; `prefix` (a grid cell) leads each stage name. An exception from
+    a stage propagates after its `...` line.
     """
     ran = list(ran)
-    total = total or len(stages)
-    width = len(str(total))
-    for number, stage in enumerate(stages, first):
-        tag = f"[{number:>{width}}/{total}] {prefix}{stage.name}"
+    width = len(str(len(stages)))
+    for number, stage in enumerate(stages, 1):
+        tag = f"[{number:>{width}}/{len(stages)}] {prefix}{stage.name}"
         forced = fresh or stage.name in rerun or any(need in ran for need in stage.needs)
         if not forced and stage.done():
             echo(f"{tag}: {stage.title}: done before, skipped")

@@ -21,28 +21,27 @@ from pathlib import Path
 import pytest
 
 from cir import fit
-from cir.demo.pipeline import FEATURES
-from cir.demo.report import ModelRun, collect, findings
+from cir.demo.report import collect, findings, grid_models
 from cir.demo.stats import REVERSED
+from cir.grid.plan import Grid
 
 DEMO = Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"
-SEEDS = (0, 1, 2)
 SMALL = [
     "synth.pretrain_samples=2000", "synth.tune_samples=2000", "synth.train_queries=200", "synth.val_queries=500",
-    "synth.test_queries=8", "demo.supervised=false", "demo.anchors=[text]", f"demo.seeds={list(SEEDS)}",
+    "synth.test_queries=8", "stages.tat_image.enabled=false", "stages.tat_none.enabled=false", "axes.seed=[0,1,2]",
     "pretrain.trainer.max_steps=150", "pretrain.data.batch_size=64", "pretrain.optim.warmup_steps=15",
-    "tat.trainer.max_steps=30", "tat.data.batch_size=64", "tat.optim.warmup_steps=3",
-    "pretrain.trainer.enable_progress_bar=false", "tat.trainer.enable_progress_bar=false",
+    "tat_text.trainer.max_steps=30", "tat_text.data.batch_size=64", "tat_text.optim.warmup_steps=3",
+    "trainer.enable_progress_bar=false",
 ]
 
 
 @pytest.mark.slow
 def test_tat_narrows_the_gap_and_slerp_beats_text_only(tmp_path) -> None:
-    out = tmp_path / "demo"
+    args = [f"output_dir={tmp_path / 'demo'}", *SMALL]
     with contextlib.redirect_stdout(io.StringIO()):
-        fit.main(str(DEMO), [f"output_dir={out}", *SMALL])
-    runs = [ModelRun(name, name, folder / "val", folder / "train", folder / "gap.json", seed, folder / "val" / FEATURES)
-            for seed in SEEDS for name in ("pretrain", "tat_text") for folder in [out / f"eval_{name}_s{seed}"]]
+        fit.main(str(DEMO), args)
+    runs = grid_models(Grid(DEMO, args))
+    assert [(r.name, r.seed) for r in runs] == [(name, seed) for seed in (0, 1, 2) for name in ("pretrain", "tat_text")]
     slerp_wins, _, gap_narrows = findings(collect(runs))
     assert gap_narrows.verdict != REVERSED and "t interval over seeds, n=3" in gap_narrows.evidence, gap_narrows.evidence
     queries, seeds = dict(slerp_wins.parts)["Slerp - text only"]

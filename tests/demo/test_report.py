@@ -43,7 +43,7 @@ def _hits(rate: float, seed: int, queries: int = 2000) -> np.ndarray:
 
 def _result(name: str, seed: int, r1: float, gap: float, hits: dict[str, np.ndarray] | None = None,
             baselines: dict[str, float] | None = None) -> SeedResult:
-    run = ModelRun(name, name, None, None, None, seed)
+    run = ModelRun(name, name, None, None, seed)
     val = {"slerp_a0.5": _row(r1), **{method: _row(value) for method, value in (baselines or {}).items()}}
     return SeedResult(run, 0.5, val, {"gap": gap, "pair_cosine": 0.5}, hits or {})
 
@@ -107,14 +107,15 @@ def test_one_seed_judges_training_by_queries_only_and_the_gap_not_at_all() -> No
 
 def _write_model(root, name: str, seed: int, val_r1: dict[str, float], train_r1: dict[str, float], gap: float) -> ModelRun:
     folder = root / f"{name}_s{seed}"
-    run = ModelRun(name, f"model {name}", folder / "val", folder / "train", folder / "gap.json", seed)
+    run = ModelRun(name, f"model {name}", folder / "val", folder / "train", seed)
     for path, r1 in ((run.val_dir, val_r1), (run.train_dir, train_r1)):
         path.mkdir(parents=True)
         metrics = {"meta/model": "x"}
         for method, value in r1.items():
             metrics.update({f"cirr/val/{method}/{metric}": v for metric, v in _row(value).items()})
+        if path == run.val_dir:  # what eval.gap_pairs adds to the val evaluation's metrics
+            metrics.update({"modality_gap/gap": gap, "modality_gap/pair_cosine": 0.1, "modality_gap/pairs": 10})
         (path / "metrics.json").write_text(json.dumps(metrics))
-    run.gap_file.write_text(json.dumps({"gap": gap, "pair_cosine": 0.1, "pairs": 10}))
     return run
 
 
@@ -144,7 +145,12 @@ def test_report_uses_the_train_alpha_on_val_and_gives_mean_and_spread_over_seeds
     assert any("results.md" in line for line in lines)
 
 
-def test_missing_metrics_name_the_file(tmp_path) -> None:
-    run = ModelRun("pretrain", "p", tmp_path / "v", tmp_path / "t", tmp_path / "g.json")
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+def test_missing_metrics_or_gap_name_the_file(tmp_path) -> None:
+    run = ModelRun("pretrain", "p", tmp_path / "v", tmp_path / "t")
+    with pytest.raises(FileNotFoundError, match="metrics.json: missing"):
+        write_report(tmp_path, [run], 1.0, print)
+    run = _write_model(tmp_path, "pretrain", 0, {"slerp_a0.5": 1.0}, {"slerp_a0.5": 1.0}, 0.5)
+    metrics = run.val_dir / "metrics.json"
+    metrics.write_text(json.dumps({k: v for k, v in json.loads(metrics.read_text()).items() if "modality" not in k}))
+    with pytest.raises(FileNotFoundError, match="no modality gap; the val evaluation needs eval.gap_pairs"):
         write_report(tmp_path, [run], 1.0, print)

@@ -87,7 +87,7 @@ def test_a_failed_cell_is_reported_and_the_others_go_on(grid_run: Path, synth: P
     assert exit_info.value.code == 1
     captured = capfd.readouterr()
     assert f"failed cells (1 of 4): {broken}" in captured.err
-    assert f"cell {broken}: FAILED: `-m cir.evaluate" in captured.out
+    assert f"cell {broken}: FAILED: `-m cir.evaluate" in captured.err
     assert f"{after}/cirr_val: done in" in captured.out
     for cell in CELLS:
         assert (grid_run / cell / "cirr_val" / "metrics.json").is_file() == (cell != broken)

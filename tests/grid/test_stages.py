@@ -1,25 +1,15 @@
-"""Stage bookkeeping (the demo's and the grid's): overrides as dotlists, what runs, what is skipped, what reruns."""
+"""Stage bookkeeping behind cir.grid (and so the demo): what runs, what is skipped, what reruns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from cir.config import ConfigError
-from cir.grid.stages import CliCall, Stage, flatten_overrides, run_stages
+from cir.grid.stages import CliCall, Stage, run_stages
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-
-
-def test_flatten_overrides_round_trips_through_the_override_parser() -> None:
-    tree = {"optim": {"lr": 0.001, "betas": [0.9, 0.98]}, "output_dir": "/tmp/a b/{0..3}", "init_from": None,
-            "model": {"lora": {"target_modules": ["q_proj", "c_fc"]}}, "trainer": {"enable_progress_bar": False},
-            "empty": {}}
-    flat = flatten_overrides(OmegaConf.create(tree))
-    assert "optim.lr=0.001" in flat
-    assert OmegaConf.to_container(OmegaConf.from_dotlist(flat)) == tree
 
 
 class FakeStage(Stage):
@@ -56,17 +46,22 @@ def test_a_rerun_stage_takes_everything_that_reads_it_along() -> None:
     assert log == [("b", True), ("c", True)]
 
 
-def test_fresh_runs_everything_from_scratch_and_parts_number_on() -> None:
+def test_fresh_runs_everything_from_scratch() -> None:
     finished, log, lines = {"a", "b", "c", "d"}, [], []
+    run_stages(plan(finished, log), set(), True, lines.append, prefix="cell/")
+    assert log == [("a", True), ("b", True), ("c", True), ("d", True)]
+    assert lines[-2].startswith("[4/4] cell/d")
+
+
+def test_a_stage_that_ran_before_a_part_takes_the_readers_in_the_part_along() -> None:
+    finished, log = {"a", "b", "c", "d"}, []
     stages = plan(finished, log)
-    ran = run_stages(stages[:1], set(), True, lines.append, total=4)
-    run_stages(stages[1:], set(), False, lines.append, ran=ran, first=2, total=4)
-    assert log == [("a", True), ("b", True), ("c", True), ("d", True)]  # b and d read a, c reads b
-    assert lines[-2].startswith("[4/4] d")
+    assert run_stages(stages[1:], set(), False, lambda _: None, ran=["a"]) == ["a", "b", "c", "d"]
+    assert log == [("b", True), ("c", True), ("d", True)]  # b and d read a, c reads b
 
 
 def _call(tmp_path: Path, *overrides: str) -> CliCall:
-    return CliCall("evaluate", "eval", EXPERIMENTS / "demo_eval.yaml",
+    return CliCall("evaluate", EXPERIMENTS / "demo_eval.yaml",
                    (f"output_dir={tmp_path}", f"data.root={tmp_path}", *overrides), tmp_path)
 
 
@@ -84,7 +79,7 @@ def test_a_call_is_done_only_with_its_own_config_written(tmp_path) -> None:
     assert call.done()
 
 
-def test_stage_config_errors_name_the_stage_and_the_demo_section(tmp_path) -> None:
+def test_stage_config_errors_name_the_stage_and_its_config(tmp_path) -> None:
     stage = Stage("eval_x", "t", [_call(tmp_path, "eval.alphaz=[0.5]")])
-    with pytest.raises(ConfigError, match=r"demo stage eval_x \(demo_eval.yaml \+ the demo's `eval.` keys\).*alphaz"):
+    with pytest.raises(ConfigError, match=r"grid stage eval_x \(demo_eval.yaml \+ the grid's overrides\).*alphaz"):
         stage.validate()
