@@ -20,6 +20,7 @@ from cir.io import write_json
 
 GRID_FILE = "grid.json"
 FAILURES = (ConfigError, FileNotFoundError, subprocess.CalledProcessError)
+log = logging.getLogger(__name__)
 
 
 def write_records(grid: Grid) -> None:
@@ -33,7 +34,10 @@ def write_records(grid: Grid) -> None:
 def failure(err: Exception) -> str:
     if isinstance(err, subprocess.CalledProcessError):
         return f"`{shlex.join(err.cmd[1:])}` exited with status {err.returncode} (its output is above)"
-    return str(err)
+    if isinstance(err, FAILURES):
+        return str(err)
+    log.debug("the failure's traceback", exc_info=err)
+    return f"{type(err).__name__}: {err} (an in-process call; --debug shows the traceback)"
 
 
 def dry_run(stages: Sequence[Stage], echo: Callable[[str], None]) -> None:
@@ -51,7 +55,10 @@ def cpu_seconds() -> float:
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
     """In-process calls: cir's own log lines stay, everyone else's info lines (one set per Trainer and per model)
-    would drown the stage lines."""
+    would drown the stage lines. With --debug (cir logging at DEBUG) everything stays."""
+    if logging.getLogger("cir").getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
     names = ("", "lightning.pytorch", "lightning.fabric", "cir")
     levels = {name: logging.getLogger(name).level for name in names}
     for name in names[:-1]:
@@ -68,8 +75,9 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
               warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[str]:
     """The shared stages, then every cell in order; returns the names of the cells that failed (config error or a
     CLI's non-zero exit). Every call is checked before the first one runs, so a typo costs no work; a failed shared
-    stage fails every cell."""
+    stage fails every cell. In-process, any exception of a call fails its cell only, as a process's exit would."""
     start, cpu_start = time.perf_counter(), cpu_seconds()
+    caught = Exception if grid.cfg.in_process else FAILURES
     shared = grid.shared_stages()
     try:
         for stage in shared:
@@ -100,7 +108,7 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
     with quiet_logs() if grid.cfg.in_process else contextlib.nullcontext():
         try:
             ran = run_stages(shared, grid.rerun(None), grid.cfg.fresh, echo) if shared else []
-        except FAILURES as err:
+        except caught as err:
             warn(f"shared stages: FAILED: {failure(err)}")
             return [c.name for c in grid.cells]
         for number, cell in enumerate(grid.cells, 1):
@@ -109,7 +117,7 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
             echo(f"cell {number}/{len(grid.cells)}: {cell.name}")
             try:
                 run_stages(grid.stages(cell), grid.rerun(cell), grid.cfg.fresh, echo, ran=ran, prefix=f"{cell.name}/")
-            except FAILURES as err:
+            except caught as err:
                 warn(f"cell {cell.name}: FAILED: {failure(err)}")
                 failed.append(cell.name)
         if grid.cfg.report is not None and not failed:

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cir.config import ConfigError
 from cir.data.synth import generate, shard_urls
 from cir.grid.__main__ import cli
+from cir.grid.local import run_cells
 from cir.grid.plan import Grid
+from cir.grid.stages import InProcessCall
 
 GRID = Path(__file__).resolve().parents[2] / "experiments" / "grid_demo.yaml"
 CELLS = ["anchor-text_lr-0.001", "anchor-text_lr-0.003", "anchor-image_lr-0.001", "anchor-image_lr-0.003"]
@@ -123,3 +126,24 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path, capfd) -> 
     out = capfd.readouterr().out
     assert out.count("-m cir.fit ") == 4 and out.count("-m cir.evaluate ") == 4
     assert not (tmp_path / "g").exists()
+
+
+def test_in_process_any_exception_of_a_call_fails_its_cell_only(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "task": "grid", "output_dir": str(tmp_path / "out"), "in_process": True, "axes": {"seed": [0, 1]},
+        "stages": {"val": {"cli": "evaluate", "config": str(GRID.parent / "demo_eval.yaml"),
+                           "overrides": {"data.root": str(tmp_path)}}}}))
+    ran: list[str] = []
+
+    def run(call: InProcessCall, from_scratch: bool) -> None:
+        ran.append(call.out.parent.name)
+        if call.out.parent.name == "seed-0":
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(InProcessCall, "run", run)
+    lines: list[str] = []
+    warnings: list[str] = []
+    assert run_cells(Grid(path, []), lines.append, warn=warnings.append) == ["seed-0"]
+    assert ran == ["seed-0", "seed-1"] and "[1/1] seed-1/val: done in 0 s" in lines
+    assert warnings == ["cell seed-0: FAILED: RuntimeError: boom (an in-process call; --debug shows the traceback)"]
