@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cir.modality_gap import gap_from_sums, gap_sums, modality_gap
+from cir.modality_gap import ModalityGap, gap_from_sums, gap_sums, modality_gap
 
 
 def numpy_gap(image: np.ndarray, text: np.ndarray) -> tuple[float, float]:
@@ -29,6 +29,20 @@ def test_sums_over_any_split_of_the_rows_give_the_numpy_gap_and_modality_gap():
     assert (out["gap"].item(), out["pair_cosine"].item()) == pytest.approx(numpy_gap(image, text), rel=1e-5)
     for key in out:
         assert out[key].item() == pytest.approx(whole[key].item(), rel=1e-6)
+
+
+def test_the_metric_class_over_batches_gives_the_numpy_gap_and_refuses_no_pairs():
+    rng = np.random.default_rng(2)
+    image, text = rng.normal(size=(9, 5)), rng.normal(size=(9, 5))
+    metric = ModalityGap(5)
+    for rows in (slice(0, 0), slice(0, 4), slice(4, 9)):
+        metric.update(torch.tensor(image[rows]), torch.tensor(text[rows]))
+    out = metric.compute()
+    assert (out["gap"].item(), out["pair_cosine"].item()) == pytest.approx(numpy_gap(image, text), rel=1e-5)
+    empty = ModalityGap(5)
+    empty.update(torch.zeros(0, 5), torch.zeros(0, 5))
+    with pytest.raises(ValueError, match="at least one image-caption pair"):
+        empty.compute()
 
 
 def test_identical_modalities_have_no_gap():

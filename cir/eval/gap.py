@@ -2,9 +2,9 @@
 
 The pairs are a JSONL file, one `{"image": path relative to the file's folder,
 "caption": text}` per line, as cir.data.synth writes <out>/cirr/gap_pairs/<split>.jsonl.
-Under DDP every rank encodes a contiguous share and only the sums of
-cir.modality_gap.gap_sums are all-reduced, so every rank returns the value one
-process would get on all pairs, without rank 0 encoding them alone.
+Under DDP every rank encodes a contiguous share and cir.modality_gap.ModalityGap
+sums the ranks' states, so every rank returns the value one process would get on
+all pairs, without rank 0 encoding them alone.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from cir.data.benchmarks.annotations import AnnotationError, entry_field
 from cir.data.images import load_rgb
-from cir.distributed import is_distributed, rank, world_size
-from cir.modality_gap import gap_from_sums, gap_sums
+from cir.distributed import rank, world_size
+from cir.modality_gap import ModalityGap
 from cir.models import Backbone
 
 METRIC_PREFIX = "modality_gap"  # metrics.json keys: modality_gap/gap, modality_gap/pair_cosine, modality_gap/pairs
@@ -52,15 +51,19 @@ def read_pairs(path: str | Path) -> list[tuple[Path, str]]:
 @torch.no_grad()
 def measure_gap(backbone: Backbone, pairs: Sequence[tuple[Path, str]], batch_size: int = 256) -> dict[str, float | int]:
     """`cir.modality_gap` over all pairs, encoded in eval mode on the backbone's device; under DDP every rank
-    must call it with the same pairs."""
-    if not pairs:
-        raise ValueError("the modality gap needs at least one image-caption pair, got none")
+    must call it with the same pairs, and encodes its share (cir.modality_gap.ModalityGap sums the ranks')."""
     backbone.eval()
-    sums = _share_sums(backbone, pairs[_share(len(pairs))], batch_size)
-    if is_distributed():
-        sums = {key: _all_reduce(value) for key, value in sums.items()}
-    gap = gap_from_sums(sums)
-    return {key: float(value) for key, value in gap.items()} | {"pairs": int(sums["count"])}
+    metric = ModalityGap(backbone.embed_dim).to(backbone.device)
+    share = pairs[_share(len(pairs))]
+    empty = torch.zeros(0, backbone.embed_dim, device=backbone.device)
+    metric.update(empty, empty)  # a rank whose share is empty (fewer pairs than ranks) still takes part in the sync
+    for start in range(0, len(share), batch_size):
+        chunk = share[start : start + batch_size]
+        pixels = torch.stack([backbone.preprocess_val(load_rgb(path)) for path, _ in chunk]).to(backbone.device)
+        tokens = backbone.tokenize([caption for _, caption in chunk]).to(backbone.device)
+        metric.update(backbone.encode_image(pixels), backbone.encode_text(tokens))
+    gap = metric.compute()  # no pairs at all: ValueError
+    return {key: float(value) for key, value in gap.items()} | {"pairs": len(pairs)}
 
 
 def gap_metrics(gap: dict[str, float | int]) -> dict[str, float | int]:
@@ -71,23 +74,3 @@ def gap_metrics(gap: dict[str, float | int]) -> dict[str, float | int]:
 def _share(n: int) -> slice:
     """This rank's contiguous share of n items (shares differ by at most one; empty where n < world size)."""
     return slice(n * rank() // world_size(), n * (rank() + 1) // world_size())
-
-
-def _share_sums(backbone: Backbone, pairs: Sequence[tuple[Path, str]], batch_size: int) -> dict[str, torch.Tensor]:
-    empty = torch.zeros(0, backbone.embed_dim, device=backbone.device)
-    sums = gap_sums(empty, empty)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        pixels = torch.stack([backbone.preprocess_val(load_rgb(path)) for path, _ in chunk]).to(backbone.device)
-        tokens = backbone.tokenize([caption for _, caption in chunk]).to(backbone.device)
-        batch = gap_sums(backbone.encode_image(pixels), backbone.encode_text(tokens))
-        sums = {key: sums[key] + batch[key] for key in sums}
-    return sums
-
-
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, on the device the process group's backend communicates on (NCCL: this rank's GPU)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    reduced = tensor.to(device)
-    dist.all_reduce(reduced)
-    return reduced
