@@ -78,23 +78,12 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
     stage fails every cell. In-process, any exception of a call fails its cell only, as a process's exit would."""
     start, cpu_start = time.perf_counter(), cpu_seconds()
     caught = Exception if grid.cfg.in_process else FAILURES
-    shared = grid.shared_stages()
-    try:
-        for stage in shared:
-            stage.validate()
-    except FAILURES as err:
-        warn(f"shared stages: FAILED: {failure(err)}")
-        return [c.name for c in grid.cells]
-    failed: list[str] = []
-    for cell in grid.cells:
-        try:
-            for stage in grid.stages(cell):
-                stage.validate()
-        except FAILURES as err:
-            warn(f"cell {cell.name}: FAILED: {failure(err)}")
-            failed.append(cell.name)
+    lines, failed = grid.check()
+    for line in lines:
+        warn(line)
     if len(failed) == len(grid.cells):
         return failed
+    shared = grid.shared_stages()
     if dry:
         if shared:
             echo("shared stages:")

@@ -260,6 +260,24 @@ class Grid:
         return [GridStage(self, cell, name) for name in self.stage_names
                 if cell.enabled[name] and name not in self.shared]
 
+    def check(self) -> tuple[list[str], list[str]]:
+        """Every call checked as its CLI checks it, before any runs or is submitted: the one-line failures
+        (`shared stages: FAILED: ...`, `cell C: FAILED: ...`) and the cells they fail (a shared stage's: every cell)."""
+        try:
+            for stage in self.shared_stages():
+                stage.validate()
+        except (ConfigError, FileNotFoundError) as err:
+            return [f"shared stages: FAILED: {err}"], [c.name for c in self.cells]
+        lines, failed = [], []
+        for cell in self.cells:
+            try:
+                for stage in self.stages(cell):
+                    stage.validate()
+            except (ConfigError, FileNotFoundError) as err:
+                lines.append(f"cell {cell.name}: FAILED: {err}")
+                failed.append(cell.name)
+        return lines, failed
+
     def shared_stages(self) -> list[Stage]:
         """The enabled shared stages (their config is the same in every cell: no axis reaches them)."""
         return [GridStage(self, self.cells[0], name) for name in self.shared if self.cfg.stages[name].enabled]

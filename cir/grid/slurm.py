@@ -135,22 +135,23 @@ class Submitter:
         self.submitted[key] = {"job": job, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def submit_all(self) -> list[str]:
-        """Plan and submit every cell; writes jobs.json (unless a dry run); returns the cells that failed to plan."""
-        failed = []
+        """Check every call, then plan and submit every cell; writes jobs.json (unless a dry run); returns the cells
+        that failed their check or their planning."""
+        lines, failed = self.grid.check()
+        for line in lines:
+            self.echo(line)
+        if len(failed) == len(self.grid.cells):
+            return failed
         try:
-            shared = self.grid.shared_stages()
-            for stage in shared:
-                stage.validate()
-            self.plan(None, shared)
+            self.plan(None, self.grid.shared_stages())
         except (ConfigError, FileNotFoundError) as err:
             self.echo(f"shared stages: FAILED: {err}")
             return [c.name for c in self.grid.cells]
         for cell in self.grid.cells:
+            if cell.name in failed:
+                continue
             try:
-                stages = self.grid.stages(cell)
-                for stage in stages:
-                    stage.validate()
-                self.plan(cell, stages)
+                self.plan(cell, self.grid.stages(cell))
             except (ConfigError, FileNotFoundError) as err:
                 self.echo(f"cell {cell.name}: FAILED: {err}")
                 failed.append(cell.name)
