@@ -115,13 +115,10 @@ def generate(out: str | Path, seed: int = 0, *, progress: bool = True, **sizes: 
         shutil.rmtree(out / folder, ignore_errors=True)
     shards = out / "shards"
     shards.mkdir(parents=True)
-    samples = {"pretrain": settings.pretrain_samples, "tune": settings.tune_samples}
-    captions = {"pretrain": settings.pretrain_captions, "tune": 1}
     manifest: dict[str, Any] = {**wanted, "shards": {}, "cirr": {}}
     for shard_set in SHARD_SETS:
-        manifest["shards"][shard_set.name] = _write_shards(
-            shards, shard_set, samples[shard_set.name], captions[shard_set.name], seed, settings, progress
-        )
+        count, captions = set_sizes(settings)[shard_set.name]
+        manifest["shards"][shard_set.name] = _write_shards(shards, shard_set, count, captions, seed, settings, progress)
     queries = {"train": settings.train_queries, "val": settings.val_queries, "test1": settings.test_queries}
     manifest["cirr"] = _write_cirr(out / "cirr", queries, seed, settings, progress)
     write_json(manifest_path, manifest)
@@ -137,10 +134,19 @@ def shard_urls(out: str | Path, set_name: str) -> str:
     return str(Path(out).expanduser().resolve() / "shards" / manifest["shards"][set_name]["pattern"])
 
 
+def set_sizes(settings: SynthSizes) -> dict[str, tuple[int, int]]:
+    """Each shard set's images and captions per image (each image is written once per caption)."""
+    return {"pretrain": (settings.pretrain_samples, settings.pretrain_captions), "tune": (settings.tune_samples, 1)}
+
+
+def shard_count(set_name: str, settings: SynthSizes) -> int:
+    count, captions = set_sizes(settings)[set_name]
+    return math.ceil(count * captions / settings.shard_size)
+
+
 def shard_pattern(set_name: str, settings: SynthSizes) -> str:
     """One set's brace pattern relative to <out>/shards, known from the sizes alone (before the shards exist)."""
-    total = settings.pretrain_samples * settings.pretrain_captions if set_name == "pretrain" else settings.tune_samples
-    return f"{set_name}-{{000000..{math.ceil(total / settings.shard_size) - 1:06d}}}.tar"
+    return f"{set_name}-{{000000..{shard_count(set_name, settings) - 1:06d}}}.tar"
 
 
 def _write_shards(
@@ -167,7 +173,7 @@ def _write_shards(
             )
     return {
         "samples": total,
-        "shards": math.ceil(total / settings.shard_size),
+        "shards": shard_count(shard_set.name, settings),
         "pattern": shard_pattern(shard_set.name, settings),
         "two_object_rate": shard_set.two_object_rate,
     }
