@@ -3,7 +3,8 @@
 Uses the evaluation config (model, data, eval); `submit.split` defaults to the
 benchmark's test split, `submit.alpha` to the paper's alpha. CIRCO val works
 too, to check the pipeline with the official evaluator. The reference image is
-ranked or not as in evaluation (eval.exclude_reference, null: the official rule);
+ranked or not as in evaluation (eval.exclude_reference, null: the official rule), except that a CIRR list never
+holds it (eval.exclude_reference=false is refused for CIRR);
 eval.save_features=true also writes the scored features (<output_dir>/features).
 """
 
@@ -28,6 +29,9 @@ def main(path: str | None, overrides: list[str]) -> list[Path]:
     cfg = load_config(EvaluateConfig, path, overrides)
     if cfg.data.name not in TEST_SPLIT:
         raise ConfigError(f"config key `data.name`: {cfg.data.name!r} has no official test server (cirr, circo have)")
+    if cfg.data.name == "cirr" and cfg.eval.exclude_reference is False:
+        raise ConfigError("config key `eval.exclude_reference`: false would list the reference image on every CIRR "
+                          "query, which the server counts as a wrong answer; use null (the official rule) or true")
     require(cfg.submit.method in METHODS, "submit.method", f"one of {list(METHODS)}", cfg.submit.method)
     alpha = cfg.submit.alpha if cfg.submit.alpha is not None else paper_alpha(cfg)
     require(0.0 <= alpha <= 1.0, "submit.alpha", "a value in [0, 1]", alpha)

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -75,6 +76,37 @@ def fashioniq_root(tmp_path: Path) -> Path:
             names.update(value for key, value in entry.items() if key in ("candidate", "target"))
     for name in sorted(names):
         _write_image(root / "images" / f"{name}.png", name)
+    return root
+
+
+def genecis_attribute_queries(count: int = 6, distractors: int = 9) -> list[dict]:
+    """Attribute-task queries in the official format (datasets/vaw_dataset.py reads `image_id` and
+    `instance_bbox` [x, y, w, h] of each item): boxes near the image borders, so the crops clip."""
+    def item(n: int) -> dict:
+        return {"image_id": 100 + n % 7, "instance_bbox": [(3 * n) % 30, (5 * n) % 20, 6 + n % 9, 4 + n % 5]}
+    return [{"reference": item(q), "target": item(q + 1), "gallery": [item(q + 2 + d) for d in range(distractors)],
+             "condition": f"colour {q}"} for q in range(count)]
+
+
+GENECIS_IMAGE_SIZE = (40, 30)
+
+
+@pytest.fixture
+def genecis_root(tmp_path: Path) -> Path:
+    """<root>/genecis with the real object-task excerpts and generated attribute tasks, an image for every item
+    (COCO <val_image_id:012d>.jpg, Visual Genome <image_id>.jpg of GENECIS_IMAGE_SIZE with varied pixels)."""
+    root = _copy_fixture("genecis", tmp_path)
+    for task in ("focus_attribute", "change_attribute"):
+        (root / "genecis" / f"{task}.json").write_text(json.dumps(genecis_attribute_queries()))
+    for task in ("focus_object", "change_object"):
+        for entry in _read(root / "genecis" / f"{task}.json"):
+            for item in (entry["reference"], entry["target"], *entry["gallery"]):
+                _write_image(root / "coco" / "val2017" / f"{item['val_image_id']:012d}.jpg", str(item["val_image_id"]))
+    for image_id in range(100, 107):
+        path = root / "vg" / "images" / f"{image_id}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (np.arange(GENECIS_IMAGE_SIZE[0] * GENECIS_IMAGE_SIZE[1] * 3) * (image_id % 13 + 1)) % 251
+        Image.fromarray(pixels.reshape(GENECIS_IMAGE_SIZE[1], GENECIS_IMAGE_SIZE[0], 3).astype(np.uint8)).save(path)
     return root
 
 

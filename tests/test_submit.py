@@ -106,6 +106,8 @@ def test_validator_rejects_what_the_server_would(cirr_root):
     with_reference[first.query_id] = [first.reference] + with_reference[first.query_id][:49]
     with pytest.raises(SubmissionError, match="not allowed"):
         validate(bench, with_reference, 50, meta)
+    with pytest.raises(SubmissionError, match="not allowed"):  # a CIRR list never holds it, whatever the key says
+        validate(bench, with_reference, 50, meta, exclude_reference=False)
 
     with pytest.raises(SubmissionError, match="metric"):
         validate(bench, {**files["recall"], "metric": "recall_subset"}, 50, meta)
@@ -135,3 +137,11 @@ def test_writer_refuses_an_invalid_ranking_and_writes_nothing(circo_root, tmp_pa
         write_submission(bench, top, None, tmp_path / "out", exclude_reference=True)
     assert not (tmp_path / "out").exists()
     assert len(circo_file(bench, _ranked(bench, 50))) == len(bench.queries)
+
+
+def test_cirr_refuses_exclude_reference_false_in_one_line(cirr_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(submit.main, ["model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}",
+                              f"output_dir={tmp_path}", "eval.exclude_reference=false"])
+    err = capsys.readouterr().err
+    assert "eval.exclude_reference" in err and "Traceback" not in err and not list(tmp_path.glob("*.json"))

@@ -55,7 +55,7 @@ def folder_benchmark(folder: str | Path) -> CIRBenchmark:
 
 def benchmark_split(cfg: DictConfig) -> CIRBenchmark:
     """The configured split; the page shows one at a time (one FashionIQ category)."""
-    benches = benchmark_splits(cfg.data)
+    benches = benchmark_splits(cfg.data, None, cfg.eval.fashioniq_captions)
     if len(benches) != 1:
         names = [b.name for b in benches]
         raise ConfigError(f"config key `data.categories`: the page shows one split at a time, got {names}")

@@ -77,7 +77,7 @@ def slerp_alpha(method: str, alpha: float) -> float | None:
 def benchmark_query(gallery: Gallery, row: int) -> Query:
     index = gallery.index
     caption = gallery.bench.queries[row].caption
-    image, text = gallery.feats.image[index.ref_rows[row]], gallery.feats.text[index.text_rows[row]]
+    image, text = gallery.feats.image[index.ref_rows[row]], index.query_text(gallery.feats.text, [row])[0]
     return Query(image, text, caption, int(index.exclude[row]), row)
 
 

@@ -28,8 +28,9 @@ from cir.models import Backbone
 
 log = logging.getLogger(__name__)
 
-FASHIONIQ_AVG = "fashioniq_avg"
-FASHIONIQ_AVG_METRICS = ("R@10", "R@50")
+# Benchmarks scored in parts whose headline is the parts' average: FashionIQ's categories (R@10 / R@50) and
+# GeneCIS's four tasks (R@1 / R@2 / R@3; facebookresearch/genecis reports each task and their mean).
+AVERAGED_METRICS = {"fashioniq": ("R@10", "R@50"), "genecis": ("R@1", "R@2", "R@3")}
 
 
 @dataclass
@@ -112,7 +113,7 @@ class BenchmarkEvaluator:
         return [(e.bench, e.index, e.feats) for e in self.entries]
 
     def score(self, device: torch.device | None = None) -> dict[str, float]:
-        """Flat `<dataset>/<split>/<method>/<metric>` dict in percent, FashionIQ averages included."""
+        """Flat `<dataset>/<split>/<method>/<metric>` dict in percent, FashionIQ / GeneCIS averages included."""
         return self._flat(device, lambda index, feats: score_methods(index, feats, self.methods, self.spec))
 
     def score_fusion(
@@ -133,15 +134,16 @@ class BenchmarkEvaluator:
             for method, metrics in score_split(index, feats).items():
                 for metric, value in metrics.items():
                     flat[f"{bench.name}/{bench.split}/{method}/{metric}"] = value
-        flat.update(fashioniq_average(flat))
+        flat.update(part_averages(flat))
         return flat
 
 
-def fashioniq_average(flat: dict[str, float]) -> dict[str, float]:
-    """FashionIQ's headline numbers: R@10 / R@50 averaged over the categories evaluated."""
-    groups: dict[tuple[str, str, str], list[float]] = {}
+def part_averages(flat: dict[str, float]) -> dict[str, float]:
+    """`<family>_avg/...`: each AVERAGED_METRICS metric averaged over the family's parts evaluated."""
+    groups: dict[tuple[str, str, str, str], list[float]] = {}
     for key, value in flat.items():
         dataset, split, method, metric = key.split("/")
-        if dataset.startswith("fashioniq_") and dataset != FASHIONIQ_AVG and metric in FASHIONIQ_AVG_METRICS:
-            groups.setdefault((split, method, metric), []).append(value)
-    return {f"{FASHIONIQ_AVG}/{s}/{m}/{k}": sum(v) / len(v) for (s, m, k), v in groups.items()}
+        family, _, part = dataset.partition("_")
+        if part and part != "avg" and metric in AVERAGED_METRICS.get(family, ()):
+            groups.setdefault((family, split, method, metric), []).append(value)
+    return {f"{f}_avg/{s}/{m}/{k}": sum(v) / len(v) for (f, s, m, k), v in groups.items()}

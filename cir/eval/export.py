@@ -46,19 +46,34 @@ def feature_arrays(bench: CIRBenchmark, index: EvalIndex, feats: Features) -> di
         "reference_ids": _strings([q.reference for q in queries]),
         "captions": _strings([q.caption for q in queries]),
         "query_image": table(feats.image[index.ref_rows]),
-        "query_text": table(feats.text[index.text_rows]),
+        "query_text": table(index.query_text(feats.text)),
         "target_ids": _strings([q.target or "" for q in queries]),
     }
     if bench.name == "circo":
         arrays["gt_ids"] = _padded([q.targets for q in queries])
     if bench.name == "cirr":
         arrays["subset_ids"] = _padded([q.subset for q in queries])
+    if bench.query_galleries:
+        arrays["query_gallery_ids"] = _padded([q.subset for q in queries])
     return arrays
 
 
-def save_features(out_dir: str | Path, bench: CIRBenchmark, index: EvalIndex, feats: Features) -> Path:
-    """Write the split's arrays atomically (never a half-written file); returns the path."""
+def meta_arrays(bench: CIRBenchmark, index: EvalIndex, scored: dict[str, str | list[str]]) -> dict[str, np.ndarray]:
+    """`meta_*` arrays, so the file says what was scored on its own: `scored` (model, methods, paper_method) plus
+    the reference rule, the caption protocol (FashionIQ's eval.fashioniq_captions, CIRCO's caption_mode, else
+    "caption") and whether each query ranks only its own gallery (GeneCIS)."""
+    captions = bench.info.get("captions") or bench.info.get("caption_mode") or "caption"
+    meta = {**scored, "exclude_reference": index.exclude_reference, "captions": captions,
+            "query_galleries": index.query_galleries}
+    return {f"meta_{key}": np.array(value, dtype=np.str_ if not isinstance(value, bool) else np.bool_)
+            for key, value in meta.items()}
+
+
+def save_features(
+    out_dir: str | Path, bench: CIRBenchmark, index: EvalIndex, feats: Features, scored: dict[str, str | list[str]]
+) -> Path:
+    """Write the split's arrays and `meta_*` (meta_arrays) atomically (never a half-written file); returns the path."""
     path = feature_path(out_dir, bench)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **feature_arrays(bench, index, feats))
+        np.savez(f, **feature_arrays(bench, index, feats), **meta_arrays(bench, index, scored))
     return path

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cir.data.benchmarks.base import CIRBenchmark
@@ -33,14 +34,16 @@ log = logging.getLogger(__name__)
 #   circo_generate_test_dict take the top 50 of the whole COCO unlabeled gallery; CIRCO's own
 #   src/evaluation.py compute_metrics scores the submitted list as it is.
 # FashionIQ: no. SEARLE src/validate.py fiq_compute_val_metrics ranks the category's whole val gallery.
-OFFICIAL_EXCLUDE_REFERENCE = {"cirr": True, "circo": False, "fashioniq": False}
+# GeneCIS: no. facebookresearch/genecis eval/eval_functions.py validate ranks [target] + gallery unmasked
+#   (the reference is not among them by construction).
+OFFICIAL_EXCLUDE_REFERENCE = {"cirr": True, "circo": False, "fashioniq": False, "genecis": False}
 
 
 def excludes_reference(bench_name: str, override: bool | None = None) -> bool:
     """`override` where set (eval.exclude_reference), else the benchmark's official choice."""
     if override is not None:
         return bool(override)
-    family = bench_name.split("_")[0]  # fashioniq_dress -> fashioniq
+    family = bench_name.split("_")[0]  # fashioniq_dress -> fashioniq, genecis_focus_object -> genecis
     if family not in OFFICIAL_EXCLUDE_REFERENCE:
         raise ValueError(f"no official reference-image rule known for benchmark {bench_name!r}")
     return OFFICIAL_EXCLUDE_REFERENCE[family]
@@ -56,6 +59,10 @@ class EvalIndex:
     gallery); `exclude` is the same where the protocol removes the reference
     from the candidates (`exclude_reference`), else all -1. CIRR's img_set
     ranking always drops the reference (the official subset is the other members).
+    With `query_galleries` (GeneCIS) each query ranks only its `subset` row
+    (its own gallery), not the whole gallery.
+    `text_rows` is (Q,), or (Q, T) (-1 padding) where a query averages several
+    texts (FashionIQ's both caption orders): see `query_text`.
     """
 
     image_ids: list[str]
@@ -69,6 +76,18 @@ class EvalIndex:
     target: torch.Tensor
     positives: torch.Tensor
     subset: torch.Tensor
+    query_galleries: bool = False
+
+    def query_text(self, text: torch.Tensor, rows: slice | list[int] = slice(None)) -> torch.Tensor:
+        """Each query's text feature from the text table: its row, or where it has several texts the mean of their
+        normalised features, normalised (SEARLE src/validate.py fiq_generate_val_predictions:
+        F.normalize((F.normalize(text_features) + F.normalize(text_features_reversed)) / 2))."""
+        text_rows = self.text_rows[rows].to(text.device)
+        if text_rows.dim() == 1:
+            return text[text_rows]
+        valid = (text_rows >= 0).unsqueeze(-1)
+        total = (F.normalize(text[text_rows.clamp_min(0)], dim=-1) * valid).sum(dim=1)
+        return F.normalize(total / valid.sum(dim=1), dim=-1)
 
     def excluded(self) -> torch.Tensor | None:
         """The `exclude` argument of topk_search: None where nothing is excluded, so all G candidates count."""
@@ -88,7 +107,8 @@ class EvalIndex:
                 image_ids.append(query.reference)
         text_row: dict[str, int] = {}
         for query in bench.queries:
-            text_row.setdefault(query.caption, len(text_row))
+            for text in query.texts or (query.caption,):
+                text_row.setdefault(text, len(text_row))
         missing = len(bench.gallery)
 
         def gallery_index(image_id: str | None) -> int:
@@ -106,13 +126,15 @@ class EvalIndex:
             n_gallery=len(bench.gallery),
             texts=list(text_row),
             ref_rows=torch.tensor([image_row[q.reference] for q in queries], dtype=torch.long),
-            text_rows=torch.tensor([text_row[q.caption] for q in queries], dtype=torch.long),
+            text_rows=(padded([[text_row[t] for t in q.texts or (q.caption,)] for q in queries])
+                       if any(q.texts for q in queries) else torch.tensor([text_row[q.caption] for q in queries])),
             reference=reference,
             exclude_reference=exclude,
             exclude=reference if exclude else torch.full_like(reference, -1),
             target=torch.tensor([gallery_index(q.target or (q.targets[0] if q.targets else None)) for q in queries]),
             positives=padded([[gallery_index(t) for t in q.targets] for q in queries]),
             subset=padded([[gallery_row[m] for m in dict.fromkeys(q.subset) if m in gallery_row] for q in queries]),
+            query_galleries=bench.query_galleries,
         )
 
 
@@ -146,11 +168,24 @@ class TextDataset(Dataset):
         return index, self.tokenize([self.texts[index]])[0]
 
 
+class BenchmarkImages(ImageDataset):
+    """A benchmark's images as CIRBenchmark.load_image reads them (GeneCIS's object crops)."""
+
+    def __init__(self, bench: CIRBenchmark, ids: list[str], paths: list[Path], transform) -> None:
+        super().__init__(ids, paths, transform)
+        self.bench = bench
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        return index, self.transform(self.bench.load_image(self.ids[index]))
+
+
 def encoding_loaders(
     bench: CIRBenchmark, index: EvalIndex, image_transform, tokenize, batch_size: int, num_workers: int
 ) -> tuple[DataLoader, DataLoader]:
     """(images, texts) loaders; under DDP Lightning adds a sampler and rows make duplicates harmless."""
-    images = ImageDataset(index.image_ids, [bench.image_path(i) for i in index.image_ids], image_transform)
+    paths = [bench.image_path(i) for i in index.image_ids]
+    images = (BenchmarkImages(bench, index.image_ids, paths, image_transform) if bench.crops
+              else ImageDataset(index.image_ids, paths, image_transform))
     texts = TextDataset(index.texts, tokenize)
     options = dict(batch_size=batch_size, num_workers=num_workers, shuffle=False, persistent_workers=False)
     return DataLoader(images, **options), DataLoader(texts, **options)

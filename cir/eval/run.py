@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from cir.config import check_kwargs, require, to_yaml
+from cir.data.benchmarks.fashioniq import FASHIONIQ_CAPTIONS
+from cir.data.benchmarks.genecis import GENECIS_TASKS
 from cir.distributed import is_global_zero
 from cir.eval.evaluator import BenchmarkEvaluator
 from cir.eval.export import save_features
@@ -46,6 +48,14 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.eval.examples >= 0, "eval.examples", "0 or more", cfg.eval.examples)
     require(cfg.data.batch_size > 0, "data.batch_size", "a positive integer", cfg.data.batch_size)
     require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
+    check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", cfg.data.genecis.tasks, "data")
+
+
+def check_protocol_keys(captions: str, captions_key: str, tasks, data_key: str) -> None:
+    """FashionIQ's caption protocol and GeneCIS's tasks, refused by key before anything is loaded."""
+    require(captions in FASHIONIQ_CAPTIONS, captions_key, f"one of {list(FASHIONIQ_CAPTIONS)}", captions)
+    for i, task in enumerate(tasks):
+        require(task in GENECIS_TASKS, f"{data_key}.genecis.tasks[{i}]", f"one of {list(GENECIS_TASKS)}", task)
 
 
 def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: dict) -> torch.device | None:
@@ -64,7 +74,7 @@ def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, Benchm
     check_eval_config(cfg)
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     L.seed_everything(cfg.seed, verbose=False)
-    benches = benchmark_splits(cfg.data, split)
+    benches = benchmark_splits(cfg.data, split, cfg.eval.fashioniq_captions)
     backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
     backbone.eval()
     alphas = sorted({*cfg.eval.alphas, paper_alpha(cfg)})
@@ -84,7 +94,10 @@ def validation_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
     """Zero-shot evaluation as a training run's validation (no feature cache: the weights change every step)."""
     if not cfg.eval.benchmarks:
         return None
-    benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg)]
+    for i, bench_cfg in enumerate(cfg.eval.benchmarks):
+        check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", bench_cfg.genecis.tasks,
+                            f"eval.benchmarks[{i}]")
+    benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg, None, cfg.eval.fashioniq_captions)]
     alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
     return BenchmarkEvaluator(
         benches,
@@ -120,7 +133,10 @@ def export_features(cfg: DictConfig, evaluator: BenchmarkEvaluator) -> list[Path
     """With eval.save_features: each split's scored features and ids as `<output_dir>/features/*.npz`."""
     if not cfg.eval.save_features:
         return []
-    return [save_features(cfg.output_dir, bench, index, feats) for bench, index, feats in evaluator.features()]
+    scored = {"model": cfg.model.name, "pretrained": cfg.model.pretrained,
+              "methods": [method_key(method, alpha) for method, alpha in evaluator.methods],
+              "paper_method": method_key("slerp", paper_alpha(cfg))}
+    return [save_features(cfg.output_dir, bench, index, feats, scored) for bench, index, feats in evaluator.features()]
 
 
 def reference_summary(evaluator: BenchmarkEvaluator) -> str:
@@ -178,6 +194,7 @@ def run_info(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator)
         "meta/pretrained": cfg.model.pretrained,
         "meta/fingerprint": backbone.fingerprint(),
         "meta/caption_mode": cfg.data.caption_mode,
+        **({"meta/fashioniq_captions": cfg.eval.fashioniq_captions} if cfg.data.name == "fashioniq" else {}),
         "meta/paper_method": method_key("slerp", paper_alpha(cfg)),
         **{f"meta/exclude_reference/{name}": excluded for name, excluded in evaluator.excludes_reference().items()},
     }

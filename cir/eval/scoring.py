@@ -27,6 +27,8 @@ class MetricSpec:
     recall: tuple[int, ...] = (1, 5, 10, 50)
     subset_recall: tuple[int, ...] = (1, 2, 3)
     map: tuple[int, ...] = (5, 10, 25, 50)
+    # GeneCIS, within each query's own gallery (facebookresearch/genecis eval/evaluate.py: validate(topk=(1, 2, 3)))
+    query_gallery_recall: tuple[int, ...] = (1, 2, 3)
 
 
 def method_list(methods: Sequence[str], alphas: Sequence[float]) -> list[tuple[str, float | None]]:
@@ -41,7 +43,9 @@ def method_list(methods: Sequence[str], alphas: Sequence[float]) -> list[tuple[s
 
 
 def compose_queries(index: EvalIndex, feats: Features, method: str, alpha: float | None, rows: slice) -> torch.Tensor:
-    return compose(method, feats.image[index.ref_rows[rows]], feats.text[index.text_rows[rows]], alpha)
+    """Query vectors of one method; a query with several texts (FashionIQ both_orders) composes with their
+    normalised mean (index.query_text), so Slerp interpolates towards the averaged text feature."""
+    return compose(method, feats.image[index.ref_rows[rows]], index.query_text(feats.text, rows), alpha)
 
 
 def score_methods(
@@ -70,7 +74,7 @@ def score_fusion(
 
     @torch.no_grad()
     def queries(rows: slice) -> torch.Tensor:
-        return fuse(feats.image[index.ref_rows[rows]], feats.text[index.text_rows[rows]])
+        return fuse(feats.image[index.ref_rows[rows]], index.query_text(feats.text, rows))
 
     return _score_compositions(index, feats, {"fusion": queries}, spec, block_size)["fusion"]
 
@@ -96,6 +100,9 @@ def _score_compositions(
     results: dict[str, dict[str, float]] = {}
     for name, composer in composers.items():
         queries = composer(rows)
+        if index.query_galleries:
+            results[name] = _query_gallery_recall(queries, gallery, index.subset[rows].to(device), exclude, target, spec)
+            continue
         _, top = topk_search(queries, gallery, kmax, exclude=exclude, query_block=block_size)
         recall = RecallAtK(spec.recall, prefix="R").to(device)
         recall.update(top, target)
@@ -113,15 +120,33 @@ def _score_compositions(
     return results
 
 
+def _query_gallery_recall(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    candidates: torch.Tensor,
+    exclude: torch.Tensor | None,
+    target: torch.Tensor,
+    spec: MetricSpec,
+) -> dict[str, float]:
+    """GeneCIS's Recall@K: the target's rank among the query's own candidates (eval/eval_functions.py validate sorts
+    the [target] + gallery similarities, utils/metric_utils.py get_recall counts the target in the top K); ties go
+    to the earlier gallery row (the official sort leaves them to torch)."""
+    recall = RecallAtK(spec.query_gallery_recall, prefix="R").to(queries.device)
+    recall.update(rank_candidates(queries, gallery, candidates, exclude), target)
+    return {k: float(v) for k, v in recall.compute().items()}
+
+
 def ranked_ids(
     index: EvalIndex, feats: Features, method: str, alpha: float | None, k: int, block_size: int = 1024
 ) -> torch.Tensor:
     """Every query's top-k gallery rows (reference excluded where index.exclude_reference), on this process:
-    for submissions and examples."""
+    for submissions and examples. With query galleries (GeneCIS), its own gallery ranked (-1 past its end)."""
     queries = compose_queries(index, feats, method, alpha, slice(None))
     gallery = feats.image[: index.n_gallery]
     excluded = index.excluded()
     exclude = excluded.to(gallery.device) if excluded is not None else None
+    if index.query_galleries:
+        return rank_candidates(queries, gallery, index.subset.to(gallery.device), exclude)[:, :k]
     _, top = topk_search(queries, gallery, k, exclude=exclude, query_block=block_size)
     return top
 

@@ -3,7 +3,7 @@
 Each builder turns ranked gallery rows into the server's JSON; `validate`
 checks what the servers check (every query present, ids unique and from the
 gallery, the right length, the reference absent where the protocol excludes it:
-CIRR always, CIRCO only if eval.exclude_reference=true) so a bad file never
+CIRR always, whatever eval.exclude_reference says; CIRCO only if eval.exclude_reference=true) so a bad file never
 leaves this machine.
 """
 
@@ -66,10 +66,11 @@ def validate(
 ) -> None:
     """Every query exactly once, k unique ids each, from the gallery (or img_set).
 
-    The reference is refused where it is excluded: from img_set lists always (CIRR's
-    Recall_subset), from gallery lists per `exclude_reference` (None: the benchmark's official rule).
+    The reference is refused where it is excluded: from every CIRR list always (the server counts it as a wrong
+    answer in a top-50 slot, and the img_set ranking is of the other members), from other gallery lists per
+    `exclude_reference` (None: the benchmark's official rule).
     """
-    exclude = subset or excludes_reference(bench.name, exclude_reference)
+    exclude = subset or bench.name == "cirr" or excludes_reference(bench.name, exclude_reference)
     for key, value in metadata.items():
         if payload.get(key) != value:
             raise SubmissionError(f"{bench.name}/{bench.split}: field {key!r} must be {value!r}")

@@ -2,14 +2,15 @@
 
 Float64 scores over the whole gallery, a stable argsort (ties to the lower gallery
 index, as cir.retrieval), the reference removed from the candidates only where
-`exclude_reference`; CIRR's Recall_subset ranks the img_set members other than the reference.
+`exclude_reference`; CIRR's Recall_subset ranks the img_set members other than the reference; GeneCIS ranks
+each query's own gallery (`query_gallery_ids`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-RECALL_KS, SUBSET_KS, MAP_KS = (1, 5, 10, 50), (1, 2, 3), (5, 10, 25, 50)
+RECALL_KS, SUBSET_KS, MAP_KS, GENECIS_KS = (1, 5, 10, 50), (1, 2, 3), (5, 10, 25, 50), (1, 2, 3)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -52,8 +53,26 @@ def target_ranks(ranked: np.ndarray, targets: np.ndarray, n_candidates: np.ndarr
     return np.where(rank < n_candidates, rank, np.inf)
 
 
+def query_gallery_metrics(f, method: str, alpha: float | None) -> dict[str, float]:
+    """GeneCIS (eval/eval_functions.py validate, utils/metric_utils.py get_recall): each query scores only
+    [target] + its gallery, sorted by similarity (stable: ties to the earlier item); a hit if the target is in the
+    first K."""
+    query = compose(method, alpha, f["query_image"], f["query_text"])
+    row = {image_id: i for i, image_id in enumerate(f["gallery_ids"])}
+    gallery = f["gallery"].astype(np.float64)
+    ranks = []
+    for vector, items, target in zip(query, f["query_gallery_ids"], f["target_ids"]):
+        items = [item for item in items if item]
+        assert items[0] == target  # target at index 0 by construction
+        similarity = gallery[[row[item] for item in items]] @ vector
+        ranks.append(int(np.flatnonzero(np.argsort(-similarity, kind="stable") == 0)[0]))
+    return {f"R@{k}": 100.0 * np.mean(np.array(ranks) < k) for k in GENECIS_KS}
+
+
 def split_metrics(f, method: str, alpha: float | None, exclude_reference: bool) -> dict[str, float]:
     """{"R@1": ..., "Rsub@1": ..., "mAP@5": ...} in percent for one method, as metrics.json reports them."""
+    if "query_gallery_ids" in f:
+        return query_gallery_metrics(f, method, alpha)
     s = scores(f, method, alpha, exclude_reference)
     ranked = ranked_ids(s, f["gallery_ids"])
     n_candidates = np.isfinite(s).sum(axis=1)

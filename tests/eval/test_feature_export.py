@@ -19,7 +19,8 @@ from cir.slerp import parse_method_key
 README = Path(__file__).resolve().parents[2] / "README.md"
 BASE = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false", "eval.examples=0", "eval.save_features=true"]
-BENCHMARKS = {"cirr": ("cirr_root", "val"), "circo": ("circo_root", "val"), "fashioniq": ("fashioniq_root", "val")}
+BENCHMARKS = {"cirr": ("cirr_root", "val"), "circo": ("circo_root", "val"), "fashioniq": ("fashioniq_root", "val"),
+              "genecis": ("genecis_root", "val")}
 
 
 def run(root: Path, out: Path, *extra: str) -> dict:
@@ -41,7 +42,12 @@ def check_schema(f, bench) -> None:
     assert list(f["captions"]) == [q.caption for q in bench.queries]
     assert list(f["target_ids"]) == [q.target or "" for q in bench.queries]
     row = {image_id: i for i, image_id in enumerate(bench.gallery)}
-    assert np.array_equal(f["query_image"], f["gallery"][[row[r] for r in f["reference_ids"]]])
+    inside = [i for i, r in enumerate(f["reference_ids"]) if r in row]  # GeneCIS's references are outside it
+    assert np.array_equal(f["query_image"][inside], f["gallery"][[row[f["reference_ids"][i]] for i in inside]])
+    if bench.query_galleries:
+        assert [tuple(m for m in ms if m) for ms in f["query_gallery_ids"]] == [q.subset for q in bench.queries]
+    assert f["meta_query_galleries"].item() is bench.query_galleries
+    assert f["meta_captions"].item() == (bench.info.get("captions") or bench.info.get("caption_mode") or "caption")
     if bench.name == "circo":
         assert [tuple(g for g in gts if g) for gts in f["gt_ids"]] == [q.targets for q in bench.queries]
     if bench.name == "cirr":
@@ -61,13 +67,22 @@ def test_exported_features_recompute_every_metric_with_numpy(name, request, tmp_
             check_schema(f, bench)
             exclude = metrics[f"meta/exclude_reference/{bench.name}"]
             methods = {k.split("/")[2] for k in metrics if k.startswith(f"{bench.name}/{split}/")}
+            # the file says on its own what was scored
+            assert f["meta_exclude_reference"].item() is exclude and set(f["meta_methods"]) == methods
+            assert f["meta_paper_method"].item() == metrics["meta/paper_method"]
+            assert f["meta_model"].item() == "cir-tiny"
             for method in methods:
                 for metric, value in split_metrics(f, *parse_method_key(method), exclude).items():
                     recomputed[f"{bench.name}/{split}/{method}/{metric}"] = value
-    for key in [k for k in recomputed if k.startswith("fashioniq_") and k.endswith(("/R@10", "/R@50"))]:
-        _, split_, method, metric = key.split("/")
-        recomputed[f"fashioniq_avg/{split_}/{method}/{metric}"] = np.mean(
-            [recomputed[f"fashioniq_{c}/{split_}/{method}/{metric}"] for c in ("dress", "shirt", "toptee")])
+    averaged = {"fashioniq": ("dress", "shirt", "toptee"),
+                "genecis": ("focus_attribute", "change_attribute", "focus_object", "change_object")}
+    for family, parts in averaged.items():
+        for key in [k for k in recomputed if k.startswith(f"{family}_{parts[0]}/")]:
+            _, split_, method, metric = key.split("/")
+            if family == "fashioniq" and metric not in ("R@10", "R@50"):
+                continue
+            recomputed[f"{family}_avg/{split_}/{method}/{metric}"] = np.mean(
+                [recomputed[f"{family}_{p}/{split_}/{method}/{metric}"] for p in parts])
     scores = {k: v for k, v in metrics.items() if not k.startswith("meta/")}
     assert len(scores) > 50 and recomputed.keys() == scores.keys()
     assert recomputed == pytest.approx(scores, abs=1e-6)

@@ -1,6 +1,6 @@
 """The benchmark registry: evaluation and supervised training pick a benchmark by name through `load_benchmarks`.
 
-Every loader (cirr, circo, fashioniq) produces the same `CIRBenchmark`, so all
+Every loader (cirr, circo, fashioniq, genecis) produces the same `CIRBenchmark`, so all
 benchmarks go through exactly the same evaluation code.
 """
 
@@ -18,8 +18,9 @@ from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
 from cir.data.benchmarks.circo import load_circo
 from cir.data.benchmarks.cirr import load_cirr
 from cir.data.benchmarks.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
+from cir.data.benchmarks.genecis import GENECIS_TASKS, load_genecis
 
-BENCHMARK_NAMES = ("cirr", "circo", "fashioniq")
+BENCHMARK_NAMES = ("cirr", "circo", "fashioniq", "genecis")
 
 __all__ = [
     "BENCHMARK_NAMES",
@@ -52,17 +53,20 @@ def _nonempty_file(path: Path) -> bool:
 
 
 def load_benchmarks(name: str, root: str | Path, split: str, **options: Any) -> list[CIRBenchmark]:
-    """Load a benchmark by name: one CIRBenchmark for CIRR / CIRCO, one per category for FashionIQ.
+    """Load a benchmark by name: one CIRBenchmark for CIRR / CIRCO, one per category for FashionIQ, one per task
+    for GeneCIS.
 
     Options go to the loader: `image_root` (cirr), `caption_mode` (circo),
-    `categories` (fashioniq: a name or a list; default all three).
+    `categories` (fashioniq: a name or a list; default all three) and `captions` (fashioniq's caption protocol),
+    `tasks` (genecis: a name or a list; default all four) and `annotations` / `coco_images` / `vg_images` (genecis).
     """
     check_choice(name, BENCHMARK_NAMES, "benchmark")
     if name == "cirr":
         return [load_cirr(root, split, **options)]
     if name == "circo":
         return [load_circo(root, split, **options)]
-    categories = options.pop("categories", FASHIONIQ_CATEGORIES)
-    if isinstance(categories, str):
-        categories = (categories,)
-    return [load_fashioniq(root, category, split, **options) for category in categories]
+    loader, parts = {"fashioniq": (load_fashioniq, "categories"), "genecis": (load_genecis, "tasks")}[name]
+    chosen = options.pop(parts, FASHIONIQ_CATEGORIES if name == "fashioniq" else GENECIS_TASKS)
+    if isinstance(chosen, str):
+        chosen = (chosen,)
+    return [loader(root, part, split, **options) for part in chosen]

@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
+from cir.data.benchmarks.crops import crop_object
+from cir.data.images import load_rgb
+
 
 @dataclass(frozen=True)
 class CIRQuery:
@@ -17,7 +22,9 @@ class CIRQuery:
     `targets` holds every ground truth (one for CIRR / FashionIQ, several for
     CIRCO) and is empty where the split hides them (test). `subset` holds the
     CIRR img_set members (empty elsewhere). `target` is the main target
-    (CIRR target_hard, CIRCO target_img_id), None on test.
+    (CIRR target_hard, CIRCO target_img_id), None on test. `texts`: the texts
+    whose normalised features are averaged into the query's text feature
+    (FashionIQ's both caption orders); empty: the caption alone.
     """
 
     query_id: str
@@ -26,6 +33,7 @@ class CIRQuery:
     targets: tuple[str, ...] = ()
     subset: tuple[str, ...] = ()
     target: str | None = None
+    texts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -38,12 +46,21 @@ class CIRBenchmark:
     gallery: list[str]
     image_paths: dict[str, Path] = field(repr=False, default_factory=dict)
     info: dict[str, str] = field(default_factory=dict)
+    # GeneCIS: each query ranks only its own gallery (its `subset`: target first, then the distractors)
+    query_galleries: bool = False
+    # Images that are an object crop of their file ([x, y, w, h] boxes, GeneCIS's attribute tasks): see load_image
+    crops: dict[str, tuple[float, ...]] = field(repr=False, default_factory=dict)
 
     def image_path(self, image_id: str) -> Path:
         try:
             return self.image_paths[image_id]
         except KeyError:
             raise KeyError(f"{self.name}/{self.split}: no image path known for id {image_id!r}") from None
+
+    def load_image(self, image_id: str) -> Image.Image:
+        """The image as every reader sees it: the file as RGB, cropped and padded where `crops` has a box."""
+        image = load_rgb(self.image_path(image_id))
+        return crop_object(image, self.crops[image_id]) if image_id in self.crops else image
 
     @property
     def has_targets(self) -> bool:

@@ -38,9 +38,9 @@ def test_options_reach_the_loaders(cirr_root, circo_root):
 
 
 def test_unknown_name_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="cirr, circo, fashioniq"):
+    with pytest.raises(ValueError, match="cirr, circo, fashioniq, genecis"):
         load_benchmarks("cirr_rc1", tmp_path, "val")
-    assert BENCHMARK_NAMES == ("cirr", "circo", "fashioniq")
+    assert BENCHMARK_NAMES == ("cirr", "circo", "fashioniq", "genecis")
 
 
 def test_unknown_split_names_valid_ones(circo_root):
