@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cir.data.benchmarks.annotations import AnnotationError
 from cir.logs import setup_logging
+from cir.signals import stop_on_signals
 
 BASE_KEY = "base"
 
@@ -188,7 +189,8 @@ FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errn
 
 
 def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2."""
+    """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2; a signal that stops
+    the command ends it with 128 + the signal's number (cir.signals)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     setup_logging(debug)
@@ -199,7 +201,8 @@ def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | 
     path = args[0] if args and "=" not in args[0] else None
     overrides = args[1:] if path is not None else args
     try:
-        main(path, overrides)
+        with stop_on_signals():
+            main(path, overrides)
     except (ConfigError, FileNotFoundError, AnnotationError, OSError) as err:
         user_fixes = not isinstance(err, OSError) or isinstance(err, FileNotFoundError) or err.errno in FILESYSTEM_ERRNOS
         if debug or not user_fixes:

@@ -10,6 +10,7 @@ this or another node) or a dead process on this host is taken over with a warnin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,10 +65,14 @@ def describe(holder: dict[str, Any]) -> str:
 
 
 class RunLock:
-    """`with RunLock(out):` holds output_dir for this process; creating the lock also proves the folder writable."""
+    """`with RunLock(out):` holds output_dir for this process; creating the lock also proves the folder writable.
 
-    def __init__(self, out: str | Path) -> None:
-        self.out = Path(out)
+    `what` names the holder kind in the refusal: a training run, an evaluation, a grid (cir.grid locks its folder,
+    so two grids on one folder never run the same calls twice).
+    """
+
+    def __init__(self, out: str | Path, what: str = "run") -> None:
+        self.out, self.what = Path(out), what
         self.holder_path = self.out / HOLDER_NAME
         self.lock = FileLock(self.out / LOCK_NAME, timeout=0, is_singleton=False)
 
@@ -82,8 +87,9 @@ class RunLock:
             holder = self.read_holder()
             reason = stale_reason(holder, me)
             if reason is None:
-                raise RunLockedError(f"config key `output_dir`: {self.out} is in use by another run ({describe(holder)}); "
-                                     "wait for it to end, stop it, or choose another output_dir") from None
+                raise RunLockedError(f"config key `output_dir`: {self.out} is in use by another {self.what} "
+                                     f"({describe(holder)}); wait for it to end, stop it, or choose another output_dir"
+                                     ) from None
             log.warning("taking over the lock on %s from %s", self.out, reason)
         except OSError as err:
             raise ConfigError(f"config key `output_dir`: cannot write to {self.out}: {err.strerror or err}") from None
@@ -100,3 +106,10 @@ class RunLock:
             self.holder_path.unlink(missing_ok=True)
         if self.lock.is_locked:
             self.lock.release()
+
+
+def rank_zero_lock(out: str | Path, what: str) -> RunLock | contextlib.nullcontext:
+    """The lock on rank 0 (the rank that writes the outputs), nothing on the other ranks of a DDP run."""
+    from lightning.pytorch.utilities import rank_zero_only  # the rank from the launcher's environment; a grid
+    # takes its own lock without importing Lightning
+    return RunLock(out, what) if rank_zero_only.rank == 0 else contextlib.nullcontext()

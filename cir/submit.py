@@ -18,6 +18,7 @@ from cir.eval.run import encode, export_features, prepare, reference_summary
 from cir.eval.scoring import ranked_ids, ranked_subset_ids
 from cir.eval.splits import paper_alpha
 from cir.eval.submission import CIRCO_K, CIRR_RECALL_K, write_submission
+from cir.run_lock import rank_zero_lock
 from cir.schema import EvaluateConfig
 from cir.slerp import METHODS
 
@@ -38,22 +39,23 @@ def main(path: str | None, overrides: list[str]) -> list[Path]:
     split = cfg.submit.split or TEST_SPLIT[cfg.data.name]
     cfg.eval.methods = [cfg.submit.method]
     cfg.eval.alphas = [alpha]
-    backbone, evaluator, trainer_kwargs, _ = prepare(cfg, split)
-    encode(evaluator, backbone, trainer_kwargs)
-    written: list[Path] = []
-    if not is_global_zero():
+    with rank_zero_lock(cfg.output_dir, "submission"):
+        backbone, evaluator, trainer_kwargs, _ = prepare(cfg, split)
+        encode(evaluator, backbone, trainer_kwargs)
+        written: list[Path] = []
+        if not is_global_zero():
+            return written
+        k = CIRR_RECALL_K if cfg.data.name == "cirr" else CIRCO_K
+        method_alpha = alpha if cfg.submit.method == "slerp" else None
+        for bench, index, feats in evaluator.features():
+            top = ranked_ids(index, feats, cfg.submit.method, method_alpha, k, cfg.eval.block_size)
+            subset = ranked_subset_ids(index, feats, cfg.submit.method, method_alpha) if bench.name == "cirr" else None
+            written += write_submission(bench, top, subset, Path(cfg.output_dir), index.exclude_reference)
+        written += export_features(cfg, evaluator)
+        print(reference_summary(evaluator))
+        for p in written:
+            print(f"wrote {p}")
         return written
-    k = CIRR_RECALL_K if cfg.data.name == "cirr" else CIRCO_K
-    method_alpha = alpha if cfg.submit.method == "slerp" else None
-    for bench, index, feats in evaluator.features():
-        top = ranked_ids(index, feats, cfg.submit.method, method_alpha, k, cfg.eval.block_size)
-        subset = ranked_subset_ids(index, feats, cfg.submit.method, method_alpha) if bench.name == "cirr" else None
-        written += write_submission(bench, top, subset, Path(cfg.output_dir), index.exclude_reference)
-    written += export_features(cfg, evaluator)
-    print(reference_summary(evaluator))
-    for p in written:
-        print(f"wrote {p}")
-    return written
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ status is 1 naming the failed cells. `--slurm` submits the cells with sbatch
 (jobs.json in the grid folder), `--dry-run` prints the commands instead.
 `--only CELL/STAGE` (or `--only STAGE` for a shared stage) runs one call (what the grid's SLURM jobs run).
 `python -m cir.fit CONFIG` runs a grid config (`task: grid`) the same way.
+A grid holds its folder locked while it runs or submits (cir.run_lock): a second
+grid on the same folder stops at once, naming the holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from cir.config import ConfigError, run_cli
 from cir.grid.local import run_cells, write_records
 from cir.grid.plan import Grid
 from cir.grid.slurm import Submitter
+from cir.run_lock import RunLock
 
 FLAGS = ("--slurm", "--dry-run")
 
@@ -46,12 +50,13 @@ def main(path: str | None, overrides: list[str], flags: Sequence[str] = (), only
     if only is not None:
         run_one(grid, only)
     dry = "--dry-run" in flags
-    if "--slurm" in flags:
-        if not dry:
-            write_records(grid)
-        failed = Submitter(grid, dry=dry).submit_all()
-    else:
-        failed = run_cells(grid, dry=dry)
+    with contextlib.nullcontext() if dry else RunLock(grid.root, "grid"):
+        if "--slurm" in flags:
+            if not dry:
+                write_records(grid)
+            failed = Submitter(grid, dry=dry).submit_all()
+        else:
+            failed = run_cells(grid, dry=dry)
     if failed:
         print(f"failed cells ({len(failed)} of {len(grid.cells)}): {', '.join(failed)}", file=sys.stderr)
     elif not dry and "--slurm" in flags:

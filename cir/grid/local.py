@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from cir.config import ConfigError
+from cir.grid.children import exit_text
 from cir.grid.plan import CELL_FILE, REPORTS, Grid
 from cir.grid.stages import Stage, run_stages
 from cir.io import write_json
@@ -33,7 +34,7 @@ def write_records(grid: Grid) -> None:
 
 def failure(err: Exception) -> str:
     if isinstance(err, subprocess.CalledProcessError):
-        return f"`{shlex.join(err.cmd[1:])}` exited with status {err.returncode} (its output is above)"
+        return f"`{shlex.join(err.cmd[1:])}` ended with {exit_text(err.returncode)} (its output is above)"
     if isinstance(err, FAILURES):
         return str(err)
     log.debug("the failure's traceback", exc_info=err)

@@ -17,7 +17,6 @@ import copy
 import functools
 import importlib
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
 from cir.data.synth import config as synth_config
+from cir.grid.children import run_child
 from cir.io import atomic_write_text
 from cir.schema import EvaluateConfig, FitConfig
 
@@ -119,9 +119,10 @@ class CliCall:
             atomic_write_text(self.out / CONFIG_FILE, to_yaml(self.load()))
 
     def run(self, from_scratch: bool) -> None:
-        """In a process of its own (failures stay in it); its output goes to the terminal."""
+        """In a process of its own (failures stay in it) that ends with the grid (cir.grid.children); its output goes
+        to the terminal."""
         self.prepare(from_scratch)
-        subprocess.run(self.command, check=True)
+        run_child(self.command)
 
 
 class InProcessCall(CliCall):

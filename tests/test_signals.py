@@ -1,0 +1,165 @@
+"""A signal that stops a command ends it with 128 + the signal's number and says so (cir.signals); an evaluation
+and a grid lock their folders (cir.run_lock); a stopped grid passes the signal to its running call's process group
+and waits for it (cir.grid.children), and a grid killed outright still ends its call."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_interruption import fit_args
+from test_run_lock import HOLD
+
+from cir import evaluate, fit
+from cir.config import ConfigError, run_cli
+from cir.grid.children import exit_text, run_child
+from cir.models import Backbone
+from cir.preemption import GracefulInterruption
+from cir.run_lock import RunLockedError
+from cir.signals import Stopped, stop_on_signals
+
+EVAL_ARGS = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
+             "trainer.enable_progress_bar=false", "eval.examples=0"]
+
+
+def sigterm_self(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the command")
+
+
+def test_sigterm_while_an_evaluation_encodes_ends_it_with_143_and_no_metrics(cirr_root, tmp_path, monkeypatch, capsys):
+    """Lightning's handler alone turns the signal into SIGTERMException, a SystemExit with status 0."""
+    out = tmp_path / "eval"
+    monkeypatch.setattr(Backbone, "encode_image", sigterm_self)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(evaluate.main, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not (out / "metrics.json").exists()
+    assert "stopped by SIGTERM before its outputs were complete (exit status 143)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handlers are gone with it
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_starts_ends_a_fit_with_143_and_no_export(image_text_shards, tmp_path, monkeypatch):
+    """Between Lightning's setup and the first step only Lightning's handler was there: the run went on to the end."""
+    out = tmp_path / "run"
+    start = GracefulInterruption.on_train_start
+
+    def signalled_start(self, trainer, module):
+        os.kill(os.getpid(), signal.SIGTERM)
+        start(self, trainer, module)
+
+    monkeypatch.setattr(GracefulInterruption, "on_train_start", signalled_start)
+    with pytest.raises(SystemExit) as stop:
+        run_cli(fit.main, fit_args(out, image_text_shards))
+    assert stop.value.code == 143
+    assert not (out / "run.json").exists() and not (out / "export.pt").exists()
+
+
+def test_an_exception_after_a_signal_is_the_signal(capsys):
+    """A DataLoader worker killed by the same signal fails the main process with its own error: the exit is 130."""
+    with pytest.raises(Stopped) as stop, stop_on_signals("cir.test"):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except Stopped:
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt") from None
+    assert stop.value.code == 130
+    assert "cir.test: stopped by SIGINT" in capsys.readouterr().err
+
+
+def test_an_evaluation_into_a_folder_another_holds_stops_before_any_model(cirr_root, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr("cir.eval.run.create_backbone", sigterm_self)
+        with pytest.raises(RunLockedError, match=rf"`output_dir`: {out} is in use by another evaluation \(pid {holder.pid} "):
+            evaluate.main(None, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_output_dir_that_is_a_file_stops_an_evaluation_before_any_model(cirr_root, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    out.write_text("")
+    monkeypatch.setattr("cir.eval.run.create_backbone", sigterm_self)
+    with pytest.raises(ConfigError, match=f"config key `output_dir`: {out} is a file, not a folder"):
+        evaluate.main(None, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
+
+
+CHILD = """import os, signal, subprocess, sys, time
+grandchild = subprocess.Popen(["sleep", "300"])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+open(sys.argv[1], "w").write(f"{os.getpid()} {grandchild.pid}")
+time.sleep(300)
+"""
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def pids(ready: Path) -> list[int]:
+    return [int(p) for p in ready.read_text().split()] if ready.is_file() and ready.read_text() else []
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_stopped_grid_passes_the_signal_to_its_call_and_the_call_s_group(tmp_path, capsys):
+    ready = tmp_path / "ready"
+    sender = threading.Thread(target=lambda: (wait_for(lambda: len(pids(ready)) == 2, "the child started"),
+                                              os.kill(os.getpid(), signal.SIGTERM)))
+    sender.start()
+    with pytest.raises(Stopped) as stop, stop_on_signals("cir.grid"):
+        run_child([sys.executable, "-c", CHILD, str(ready)])
+    sender.join()
+    child, grandchild = pids(ready)
+    assert stop.value.code == 143
+    wait_for(lambda: not alive(grandchild), "the call's own child ended")
+    assert not alive(child)
+    err = capsys.readouterr().err
+    assert f"cir.grid: SIGTERM: passing it to the running call (pid {child}: -c" in err
+    assert f"cir.grid: the call (pid {child}) ended with SIGTERM (status 143)" in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_grid_killed_outright_still_ends_its_call(tmp_path):
+    ready = tmp_path / "ready"
+    grid = subprocess.Popen([sys.executable, "-c", "import sys; from cir.grid.children import run_child; "
+                             "run_child([sys.executable, '-c', sys.argv[1], sys.argv[2]])", CHILD, str(ready)])
+    try:
+        wait_for(lambda: len(pids(ready)) == 2, "the child started")
+        grid.kill()
+        grid.wait()
+        child, grandchild = pids(ready)
+        wait_for(lambda: not alive(child), "the call ended with its killed grid")
+    finally:
+        for pid in pids(ready):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_call_ended_by_a_signal_fails_and_names_the_signal():
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
+    assert exit_text(failed.value.returncode) == "SIGTERM (status -15)"
+    assert exit_text(143) == "SIGTERM (status 143)" and exit_text(2) == "status 2" and exit_text(1) == "status 1"
