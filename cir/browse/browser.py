@@ -116,7 +116,7 @@ class Browser:
             if row is None or not 0 <= int(row) < len(self.bench.queries):
                 raise QueryError("pick a query from the list (or upload a reference image)")
             query = self.bench.queries[int(row)]
-            reference, caption = load_rgb(self.bench.image_path(query.reference)), query.caption
+            reference, caption = self.bench.load_image(query.reference), query.caption
             queries = [benchmark_query(g, int(row)) for g in self.galleries]
         elif source == UPLOAD:
             if not upload:

@@ -58,7 +58,8 @@ def benchmark_split(cfg: DictConfig) -> CIRBenchmark:
     benches = benchmark_splits(cfg.data, None, cfg.eval.fashioniq_captions)
     if len(benches) != 1:
         names = [b.name for b in benches]
-        raise ConfigError(f"config key `data.categories`: the page shows one split at a time, got {names}")
+        key = "data.genecis.tasks" if cfg.data.name == "genecis" else "data.categories"
+        raise ConfigError(f"config key `{key}`: the page shows one split at a time, got {names}")
     return benches[0]
 
 

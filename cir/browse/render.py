@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from cir.browse.session import Gallery, Result
+from cir.data.benchmarks.crops import crop_object
 from cir.data.images import load_rgb
 from cir.eval.report import (
     OTHER_COLOUR,
@@ -32,9 +33,11 @@ THUMBNAIL = 160
 
 
 @functools.lru_cache(maxsize=4096)
-def thumbnail(path: Path) -> str:
-    """A JPEG data URI of the image, THUMBNAIL pixels on its longer side (cached: a slider move reuses them)."""
-    return data_uri(load_rgb(path))
+def thumbnail(path: Path, box: tuple[float, ...] | None = None) -> str:
+    """A JPEG data URI of the image (the object crop of `box`, GeneCIS), THUMBNAIL pixels on its longer side
+    (cached: a slider move reuses them)."""
+    image = load_rgb(path)
+    return data_uri(crop_object(image, box) if box is not None else image)
 
 
 def data_uri(image: Image.Image) -> str:
@@ -68,7 +71,8 @@ def model_html(gallery: Gallery, result: Result, heading: str, depth: int) -> st
         target = row in result.targets
         tiles.append(
             f'<figure class="cir-tile{" cir-target" if target else ""}" data-id="{html.escape(image_id)}">'
-            f'<img src="{thumbnail(gallery.bench.image_path(image_id))}" alt="{html.escape(image_id)}">'
+            f'<img src="{thumbnail(gallery.bench.image_path(image_id), gallery.bench.crops.get(image_id))}" '
+            f'alt="{html.escape(image_id)}">'
             f"<figcaption>#{position} · {score:.3f}{' · target' if target else ''}</figcaption></figure>"
         )
     summary = metrics_text(result.metrics, depth) or "no ground truth for this query"
@@ -99,7 +103,7 @@ def panel_png(path: Path, reference: Image.Image, caption: str, answers: list[tu
     for gallery, result, heading in answers:
         tiles = [framed_tile(reference, REFERENCE_COLOUR)]
         for row in result.rows:
-            image = load_rgb(gallery.bench.image_path(gallery.bench.gallery[row]))
+            image = gallery.bench.load_image(gallery.bench.gallery[row])
             tiles.append(framed_tile(image, TARGET_COLOUR if row in result.targets else OTHER_COLOUR))
         text = " · ".join(part for part in (heading, f'"{caption}"', metrics_text(result.metrics, depth)) if part)
         rows.append(captioned_row(text, tiles))

@@ -95,7 +95,12 @@ def search(gallery: Gallery, query: Query, method: str, alpha: float, top_k: int
     """Rank the gallery for one query; metrics are the benchmark's for a benchmark query with ground truth."""
     vector = compose(method, query.image[None], query.text[None], slerp_alpha(method, alpha))
     exclude = torch.tensor([query.exclude]) if query.exclude >= 0 else None
-    scores, top = topk_search(vector, gallery.vectors, max(top_k, depth), exclude=exclude)
+    if query.row is not None and gallery.index.query_galleries:  # GeneCIS: the query's own gallery only
+        top = rank_candidates(vector, gallery.vectors, gallery.index.subset[query.row : query.row + 1], exclude)
+        top = top[:, : int((top >= 0).sum())]
+        scores = vector.float() @ gallery.vectors[top[0]].float().T
+    else:
+        scores, top = topk_search(vector, gallery.vectors, max(top_k, depth), exclude=exclude)
     targets: set[int] = set()
     metrics: dict[str, float] = {}
     if query.row is not None and gallery.bench.queries[query.row].targets:
@@ -109,7 +114,7 @@ def query_metrics(gallery: Gallery, row: int, vector: Tensor, top: Tensor, spec:
     index = gallery.index
     target = index.target[row : row + 1]
     metrics = {"rank": float(target_rank(top, target)[0]) + 1}
-    if index.subset.shape[1] > 0:
+    if index.subset.shape[1] > 0 and not index.query_galleries:
         reference = index.reference[row : row + 1]
         ranked = rank_candidates(vector, gallery.vectors, index.subset[row : row + 1], reference)
         metrics["subset rank"] = float(target_rank(ranked, target)[0]) + 1

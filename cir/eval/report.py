@@ -11,7 +11,6 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
 
 from cir.data.benchmarks.base import CIRBenchmark
-from cir.data.images import load_rgb
 from cir.slerp import parse_method_key
 
 REFERENCE_COLOUR = (0.2, 0.4, 1.0)
@@ -126,10 +125,10 @@ def retrieval_grid(
     rows = []
     for row, ranked, rank in zip(query_rows, top.tolist(), ranks.tolist()):
         query = bench.queries[row]
-        tiles = [framed_tile(load_rgb(bench.image_path(query.reference)), REFERENCE_COLOUR, size)]
-        for gallery_row in ranked:
+        tiles = [framed_tile(bench.load_image(query.reference), REFERENCE_COLOUR, size)]
+        for gallery_row in (r for r in ranked if r >= 0):  # -1: past the end of a query's own gallery (GeneCIS)
             image_id = bench.gallery[gallery_row]
             colour = TARGET_COLOUR if image_id in query.targets else OTHER_COLOUR
-            tiles.append(framed_tile(load_rgb(bench.image_path(image_id)), colour, size))
+            tiles.append(framed_tile(bench.load_image(image_id), colour, size))
         rows.append(captioned_row(f"{query.query_id}: {query.caption} ({rank_text(rank, depth)})", tiles))
     return torch.cat(rows, dim=1)
