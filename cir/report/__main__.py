@@ -1,7 +1,8 @@
 """`python -m cir.report DIR... [--out FILE] [--tensorboard DIR] [--debug]`: our results beside the paper's.
 
 Reads every metrics.json under the folders (runs, grids, evaluations), one
-row per backbone x method (x grid cell) x split, at the paper's Slerp alpha;
+row per backbone x method (x grid cell) x split, at the paper's Slerp alpha (two runs that would share a row are
+told apart in a `run` column: their weights, else their folder);
 prints a markdown table and writes it as CSV (default: report.csv in the
 first folder). With --tensorboard, one run per row with its labels as hparams.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cir.config import ConfigError
 from cir.io import atomic_write_text
-from cir.report.collect import Result, collect
+from cir.report.collect import ReportError, Result, collect
 from cir.report.paper import load_paper_numbers
 from cir.report.table import compare, csv_text, markdown
 
@@ -27,10 +28,11 @@ def to_tensorboard(rows: list[Result], folder: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     for row in rows:
-        name = re.sub(r"[^\w.=+-]+", "_", "_".join(filter(None, (row.backbone, row.method, row.cell, row.split))))
+        name = re.sub(r"[^\w.=+-]+", "_", "_".join(filter(None, row.key)))
         with SummaryWriter(str(folder / name)) as writer:
-            params = {"backbone": row.backbone, "method": row.method, "cell": row.cell, "split": row.split, **row.axes}
-            metrics = {f"report/{title}": item.ours for title, item in compare(row, {}).items()}
+            params = {"backbone": row.backbone, "method": row.method, "cell": row.cell, "split": row.split,
+                      "run": row.run, **row.axes}
+            metrics = {f"report/{title}": float(item.ours) for title, item in compare(row, {}).items()}
             writer.add_hparams(params, metrics, run_name=".")
 
 
@@ -51,7 +53,12 @@ def main(folders: Sequence[str], out: str | None = None, tensorboard: str | None
     atomic_write_text(target, csv_text(rows, papers))
     print(table)
     print(f"\n{len(rows)} rows; numbers at the paper's Slerp alpha (percent); (paper P, +D): the paper's value and "
-          "ours minus it; (paper: test): the paper reports the test server only")
+          "ours minus it; (paper: test): the paper reports the test server only; quoted by X: the paper's number as "
+          "paper X prints it (the paper's own is not shipped)")
+    if any(benchmark.startswith("genecis") for row in rows for benchmark, _ in row.metrics):
+        print("GeneCIS: the paper reports no GeneCIS numbers, so those columns have no paper value")
+    if any(row.run for row in rows):
+        print("run: rows with the same labels from different weights (or the same weights scored in different folders)")
     print(f"csv: {target}")
     if tensorboard:
         to_tensorboard(rows, Path(tensorboard))
@@ -75,7 +82,7 @@ def cli(argv: Sequence[str]) -> None:
             args.pop(at)
     try:
         main(args, options["--out"], options["--tensorboard"])
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, ReportError) as err:
         if debug:
             raise
         print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)

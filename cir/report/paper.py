@@ -18,11 +18,24 @@ class PaperNumber:
     metric: str
     value: float
     source: str
+    quoted_by: str = ""  # the later paper (and table) that prints this number, where the paper's own is not shipped
+
+    @property
+    def source_label(self) -> str:
+        """What the report prints beside a quoted number ("quoted by CoLLM Table 2"); empty for the paper's own."""
+        return f"quoted by {self.quoted_by}" if self.quoted_by else ""
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict[tuple[str, str, str, str], PaperNumber]:
-    """(backbone, method, benchmark, metric) -> the paper's number; `#` lines are the file's notes."""
+    """(backbone, method, benchmark, metric) -> the paper's number; `#` lines are the file's notes.
+    Two rows for one key are refused: the file ships one number per cell, never two sources' both."""
     with open(path, encoding="utf-8", newline="") as handle:
         rows = csv.DictReader(line for line in handle if not line.startswith("#"))
         numbers = [PaperNumber(**{**row, "value": float(row["value"])}) for row in rows]
-    return {(n.backbone, n.method, n.benchmark, n.metric): n for n in numbers}
+    found: dict[tuple[str, str, str, str], PaperNumber] = {}
+    for number in numbers:
+        key = (number.backbone, number.method, number.benchmark, number.metric)
+        if key in found:
+            raise ValueError(f"{path}: two rows for {', '.join(key)}")
+        found[key] = number
+    return found

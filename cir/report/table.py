@@ -15,26 +15,37 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     *(("cirr", m, f"CIRR {m}") for m in ("R@1", "R@5", "R@10", "R@50", "Rsub@1", "Rsub@2", "Rsub@3")),
     *(("circo", m, f"CIRCO {m}") for m in ("mAP@5", "mAP@10", "mAP@25", "mAP@50")),
     *((f"fashioniq_{c}", m, f"FIQ {c} {m}") for c in ("dress", "shirt", "toptee", "avg") for m in ("R@10", "R@50")),
+    # GeneCIS as papers report it (per-task R@1 and the average); the paper has no GeneCIS numbers to compare
+    *((f"genecis_{t}", "R@1", f"GeneCIS {t} R@1") for t in ("focus_attribute", "change_attribute", "focus_object",
+                                                           "change_object", "avg")),
 )
 LABELS = ("backbone", "method", "cell", "split")
 
 
+def value_text(value: float | bool) -> str:
+    """A number to two decimals; a boolean as true / false (never 1.00)."""
+    return str(value).lower() if isinstance(value, bool) else f"{value:.2f}"
+
+
 @dataclass(frozen=True)
 class Comparison:
-    ours: float
+    ours: float | bool
     paper: PaperNumber | None
     same_split: bool
 
     @property
     def difference(self) -> float | None:
-        return self.ours - self.paper.value if self.paper is not None and self.same_split else None
+        comparable = self.paper is not None and self.same_split and not isinstance(self.ours, bool)
+        return self.ours - self.paper.value if comparable else None
 
     def text(self) -> str:
-        if self.paper is None:
-            return f"{self.ours:.2f}"
+        ours = value_text(self.ours)
+        if self.paper is None or isinstance(self.ours, bool):
+            return ours
+        quoted = f", {self.paper.source_label}" if self.paper.source_label else ""
         if not self.same_split:
-            return f"{self.ours:.2f} (paper: {self.paper.split})"
-        return f"{self.ours:.2f} (paper {self.paper.value:.2f}, {self.difference:+.2f})"
+            return f"{ours} (paper: {self.paper.split}{quoted})"
+        return f"{ours} (paper {self.paper.value:.2f}, {self.difference:+.2f}{quoted})"
 
 
 def compare(row: Result, papers: dict[tuple[str, str, str, str], PaperNumber]) -> dict[str, Comparison]:
@@ -52,34 +63,42 @@ def present_columns(rows: list[Result]) -> list[str]:
     return [title for benchmark, metric, title in COLUMNS if (benchmark, metric) in have]
 
 
+def row_labels(rows: list[Result]) -> tuple[str, ...]:
+    """LABELS, plus `run` where some row needs it to tell two runs with the same labels apart."""
+    return (*LABELS, "run") if any(row.run for row in rows) else LABELS
+
+
 def markdown(rows: list[Result], papers: dict[tuple[str, str, str, str], PaperNumber]) -> str:
-    """One line per row; each number as `ours (paper P, +diff)`, `ours (paper: test)` or just `ours`."""
+    """One line per row; each number as `ours (paper P, +diff)`, `ours (paper: test)` or just `ours`, with the
+    quoting paper named where the paper's number is quoted by another (`source_label`)."""
     titles = present_columns(rows)
-    lines = ["| " + " | ".join([*LABELS, *titles]) + " |", "|" + "---|" * (len(LABELS) + len(titles))]
+    labels = row_labels(rows)
+    lines = ["| " + " | ".join([*labels, *titles]) + " |", "|" + "---|" * (len(labels) + len(titles))]
     for row in rows:
         found = compare(row, papers)
         cells = [found[t].text() if t in found else "" for t in titles]
-        lines.append("| " + " | ".join([row.backbone, row.method, row.cell, row.split, *cells]) + " |")
+        lines.append("| " + " | ".join([getattr(row, label) for label in labels] + cells) + " |")
     return "\n".join(lines)
 
 
 def csv_text(rows: list[Result], papers: dict[tuple[str, str, str, str], PaperNumber]) -> str:
     """Per column: ours, the paper's value, its split, the difference (empty where not comparable) and the source."""
     titles = present_columns(rows)
-    header = [*LABELS, *(f"{t}{suffix}" for t in titles for suffix in ("", " paper", " paper split", " diff", " source"))]
+    labels = row_labels(rows)
+    header = [*labels, *(f"{t}{suffix}" for t in titles for suffix in ("", " paper", " paper split", " diff", " source"))]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for row in rows:
         found = compare(row, papers)
-        values: list[str] = [row.backbone, row.method, row.cell, row.split]
+        values: list[str] = [getattr(row, label) for label in labels]
         for title in titles:
             item = found.get(title)
             if item is None:
                 values += [""] * 5
                 continue
             paper, difference = item.paper, item.difference
-            values += [f"{item.ours:.2f}", f"{paper.value:.2f}" if paper else "", paper.split if paper else "",
+            values += [value_text(item.ours), f"{paper.value:.2f}" if paper else "", paper.split if paper else "",
                        f"{difference:.2f}" if difference is not None else "", paper.source if paper else ""]
         writer.writerow(values)
     return buffer.getvalue()

@@ -103,3 +103,85 @@ def test_errors_are_one_line(tmp_path: Path, capsys) -> None:
             cli(args)
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err
+
+
+def tat_export(root: Path, name: str, task: str = "tat") -> Path:
+    write(root / name / "run.json", {"task": task, "config": {"model": {"anchor": "text"}}})
+    (root / name / "export.pt").write_bytes(b"")
+    return root / name / "export.pt"
+
+
+def test_a_pretrain_export_is_labelled_by_its_task(tmp_path: Path) -> None:
+    export = tat_export(tmp_path, "pre", task="pretrain")  # FitConfig gives every task anchor: text
+    write(tmp_path / "eval" / "metrics.json", metrics("cir-demo", str(export), 0.9, {"cirr/val/R@1": 10.0}))
+    assert [r.method for r in collect([tmp_path])] == ["contrastive pretraining"]
+
+
+def test_no_run_is_dropped_when_two_share_the_labels(tmp_path: Path) -> None:
+    first, second = tat_export(tmp_path, "tat_a"), tat_export(tmp_path, "tat_b")
+    for name, export, fingerprint, value in (("ev_a", first, "aaaa1111bbbb2222", 31.0), ("ev_b", second, "cccc3333dddd4444", 27.0)):
+        write(tmp_path / name / "metrics.json", {**metrics("ViT-L-14", str(export), 0.9, {"cirr/val/R@1": value}),
+                                                 "meta/fingerprint": fingerprint})
+    # the same weights on another benchmark: merges into their row, as before
+    write(tmp_path / "ev_a_circo" / "metrics.json", {**metrics("ViT-L-14", str(first), 0.8, {"circo/val/mAP@5": 9.0}),
+                                                     "meta/fingerprint": "aaaa1111bbbb2222"})
+    rows = {r.run: r.metrics for r in collect([tmp_path])}
+    assert rows == {"weights aaaa1111bbbb": {("cirr", "R@1"): 31.0, ("circo", "mAP@5"): 9.0},
+                    "weights cccc3333dddd": {("cirr", "R@1"): 27.0}}
+    # the same weights scored twice (another folder, another protocol): told apart by folder
+    write(tmp_path / "ev_a_again" / "metrics.json", {**metrics("ViT-L-14", str(first), 0.9, {"cirr/val/R@1": 30.0}),
+                                                     "meta/fingerprint": "aaaa1111bbbb2222"})
+    runs = {r.run: r.metrics.get(("cirr", "R@1")) for r in collect([tmp_path])}
+    assert runs == {f"{tmp_path.name}/ev_a": 31.0, f"{tmp_path.name}/ev_b": 27.0, f"{tmp_path.name}/ev_a_circo": None,
+                    f"{tmp_path.name}/ev_a_again": 30.0}
+    table = main([str(tmp_path)])
+    assert table.splitlines()[0].startswith("| backbone | method | cell | split | run |") and "31.00" in table and "30.00" in table
+
+
+@pytest.mark.parametrize("content", ["[]", '{"cirr/val/slerp_a0.9/R@1": 3', "null"])
+def test_a_bad_metrics_file_is_one_line_naming_it(tmp_path: Path, capsys, content: str) -> None:
+    write(tmp_path / "ok" / "metrics.json", metrics("ViT-L-14", "openai", 0.9, {"cirr/val/R@1": 25.0}))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text(content)
+    with pytest.raises(SystemExit):
+        cli([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'bad' / 'metrics.json'}: ") and "Traceback" not in err
+
+
+def test_a_boolean_shows_as_a_boolean(tmp_path: Path) -> None:
+    flat = metrics("ViT-L-14", "openai", 0.9, {"cirr/val/R@1": 25.0})
+    flat["cirr/val/slerp_a0.9/R@5"] = True
+    write(tmp_path / "e" / "metrics.json", flat)
+    line = main([str(tmp_path)]).splitlines()[2]
+    assert "| true " in line and "1.00" not in line
+
+
+def test_quoted_numbers_name_their_source_and_genecis_has_no_paper_value(tmp_path: Path, capsys) -> None:
+    export = tat_export(tmp_path, "b32")
+    write(tmp_path / "ev" / "metrics.json", metrics("ViT-B-32", str(export), 0.9, {
+        "cirr/test1/R@1": 30.0, "genecis_avg/val/R@1": 20.0, "genecis_focus_object/val/R@1": 15.0}))
+    table = main([str(tmp_path)])
+    assert "30.00 (paper 28.20, +1.80, quoted by CoLLM Table 2)" in table
+    assert "| 20.00 |" in table and "GeneCIS avg R@1" in table
+    assert "the paper reports no GeneCIS numbers" in capsys.readouterr().out
+    row = next(csv.DictReader(open(tmp_path / "report.csv", newline="")))
+    assert row["CIRR R@1 source"].startswith("CoLLM (arXiv 2503.19910) Table 2")
+
+
+def test_quoted_rows_never_stand_beside_the_papers_own() -> None:
+    papers = load_paper_numbers()
+    quoted = {key: n for key, n in papers.items() if n.quoted_by}
+    assert len(quoted) == 19 and {n.quoted_by for n in quoted.values()} == {"CoLLM Table 2"}
+    # CoLLM's misaligned ViT-L/14 CIRCO @50 (21.4) is not shipped: the paper's own 22.41 is
+    assert papers[("ViT-L/14", "Slerp + TAT", "circo", "mAP@50")].value == 22.41
+    assert not papers[("ViT-L/14", "Slerp + TAT", "circo", "mAP@50")].quoted_by
+    assert papers[("BLIP ViT-L/16", "Slerp + TAT", "circo", "mAP@50")].value == 21.1
+
+
+def test_two_rows_for_one_number_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.csv"
+    row = "ViT-L/14,Slerp,cirr,test1,R@1,24.43,own,\n"
+    path.write_text("backbone,method,benchmark,split,metric,value,source,quoted_by\n" + row + row)
+    with pytest.raises(ValueError, match="two rows for ViT-L/14, Slerp, cirr, R@1"):
+        load_paper_numbers(path)
