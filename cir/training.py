@@ -21,8 +21,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cir import completion
 from cir.checkpoint_io import AtomicCheckpointIO
 from cir.config import ConfigError, check_kwargs, require, to_yaml
+from cir.data.inputs import watch_inputs
 from cir.data.shards import SKIP_REASONS
 from cir.eval.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
@@ -127,11 +129,21 @@ def train(cfg: DictConfig) -> dict | None:
     """Fit (resuming the run in cfg.output_dir if there is one), then on rank 0 write the export and run.json.
 
     Rank 0 holds cfg.output_dir locked for the run (cir.run_lock), which also checks it is writable before any
-    model is built. Returns the run record on rank 0, None on the other ranks.
+    model is built, and keeps its completion record (cir.completion): "running" from here, "done" once the export,
+    run.json and config.yaml are written. Returns the run record on rank 0, None on the other ranks.
     """
     check_fit_config(cfg)
+    made_by = completion.fingerprint(cfg)  # of the config as given (resolve_batch_size fills in data.batch_size)
     with RunLock(cfg.output_dir) if rank_zero_only.rank == 0 else nullcontext():
-        return fit_and_export(cfg)
+        if rank_zero_only.rank == 0:
+            completion.start(cfg.output_dir, made_by)
+        with watch_inputs() as inputs:
+            record = fit_and_export(cfg)
+        if record is not None:
+            out = Path(cfg.output_dir)
+            completion.finish(out, made_by, [out / "config.yaml", out / "run.json", *completion.files(record["export"])],
+                              inputs)
+        return record
 
 
 def skipped_counts(trainer: L.Trainer, module: ContrastiveTask) -> dict[str, int]:

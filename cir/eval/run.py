@@ -15,7 +15,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from cir import completion
 from cir.config import check_kwargs, require, to_yaml
+from cir.data.inputs import watch_inputs
 from cir.data.benchmarks.fashioniq import FASHIONIQ_CAPTIONS
 from cir.data.benchmarks.genecis import GENECIS_TASKS
 from cir.distributed import is_global_zero
@@ -115,17 +117,24 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
     and, with eval.save_features, the exported features; returns the metrics and the evaluator that scored them.
     With eval.gap_pairs every rank measures the modality gap on its share of the pairs (read first, so a bad file
     fails before any model is built; not in check_eval_config, since a grid checks configs before an earlier
-    stage writes the file)."""
-    pairs = read_pairs(cfg.eval.gap_pairs) if cfg.eval.gap_pairs is not None else None
-    backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
+    stage writes the file).
+
+    The completion record (cir.completion) says "running" before anything is read and "done" once every output
+    is written, so a folder it calls done holds every output of this very config and inputs."""
+    made_by = completion.fingerprint(cfg)
+    if is_global_zero():
+        completion.start(cfg.output_dir, made_by)
+    with watch_inputs() as inputs:
+        pairs = read_pairs(cfg.eval.gap_pairs) if cfg.eval.gap_pairs is not None else None
+        backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
     device = encode(evaluator, backbone, trainer_kwargs)
     metrics = evaluator.score(backbone.device)
     if pairs is not None:
         backbone.to(device or backbone.device)
         metrics |= gap_metrics(measure_gap(backbone, pairs, cfg.data.batch_size))
     if is_global_zero():
-        write_outputs(cfg, backbone, evaluator, metrics)
-        export_features(cfg, evaluator)
+        written = write_outputs(cfg, backbone, evaluator, metrics) + export_features(cfg, evaluator)
+        completion.finish(cfg.output_dir, made_by, written, inputs)
     return metrics, evaluator
 
 
@@ -148,7 +157,9 @@ def reference_summary(evaluator: BenchmarkEvaluator) -> str:
     return "reference image: " + "; ".join(parts)
 
 
-def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator, metrics: dict[str, float]) -> None:
+def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator,
+                  metrics: dict[str, float]) -> list[Path]:
+    """metrics.json, config.yaml, the plot and the TensorBoard run (with the examples); returns the files."""
     out = Path(cfg.output_dir)
     write_json(out / "metrics.json", {**run_info(cfg, backbone, evaluator), **metrics})
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
@@ -161,6 +172,7 @@ def write_outputs(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvalu
     log_examples(logger, evaluator, cfg)
     logger.log_hyperparams(run_info(cfg, backbone, evaluator), hparam_metrics(metrics, paper_alpha(cfg)))
     logger.finalize("success")
+    return [out / "metrics.json", out / "config.yaml", out / "alpha_sweep.png", *completion.files(out / "tensorboard")]
 
 
 def hparam_metrics(metrics: dict[str, float], alpha: float) -> dict[str, float]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from cir.config import ConfigError
 from cir.grid.children import exit_text
 from cir.grid.plan import CELL_FILE, REPORTS, Grid
-from cir.grid.stages import Stage, run_stages
+from cir.grid.stages import Stage, decide, run_stages
 from cir.io import write_json
 
 GRID_FILE = "grid.json"
@@ -41,10 +41,16 @@ def failure(err: Exception) -> str:
     return f"{type(err).__name__}: {err} (an in-process call; --debug shows the traceback)"
 
 
-def dry_run(stages: Sequence[Stage], echo: Callable[[str], None]) -> None:
+def dry_run(stages: Sequence[Stage], rerun: set[str], fresh: bool, echo: Callable[[str], None],
+            ran: Sequence[str] = ()) -> list[str]:
+    """What run_stages would do, as commands: a stage that reads one that will run is shown running, not done."""
+    ran = list(ran)
     for stage in stages:
-        call = stage.calls[0]
-        echo(f"  {stage.name}: done before, skipped" if call.done() else f"  {shlex.join(call.command)}")
+        runs, _ = decide(stage, rerun, fresh, ran)
+        echo(f"  {shlex.join(stage.calls[0].command)}" if runs else f"  {stage.name}: done before, skipped")
+        if runs:
+            ran.append(stage.name)
+    return ran
 
 
 def cpu_seconds() -> float:
@@ -88,11 +94,11 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
     if dry:
         if shared:
             echo("shared stages:")
-            dry_run(shared, echo)
+        ran = dry_run(shared, grid.rerun(None), grid.cfg.fresh, echo)
         for number, cell in enumerate(grid.cells, 1):
             if cell.name not in failed:
                 echo(f"cell {number}/{len(grid.cells)}: {cell.name}")
-                dry_run(grid.stages(cell), echo)
+                dry_run(grid.stages(cell), grid.rerun(cell), grid.cfg.fresh, echo, ran)
         return failed
     write_records(grid)
     with quiet_logs() if grid.cfg.in_process else contextlib.nullcontext():

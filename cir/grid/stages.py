@@ -2,12 +2,15 @@
 
 A call is one `python -m cir.fit | cir.evaluate | cir.submit | cir.data.synth`
 with a stage YAML and overrides, run in a process of its own or (InProcessCall)
-in this one. It counts as done when its completion file exists and the
-config.yaml in its folder equals the config it would run with now. A call
-whose folder holds another config starts from an empty folder (so cir.fit
-never resumes a checkpoint of another config); one that was interrupted with
-the same config resumes. Stages that read the output of a stage that ran
-rerun too, from scratch.
+in this one. A fit or evaluation counts as done when its completion record
+(cir.completion) says done with the fingerprint it would run with now (config,
+model config JSON, weights, data) and every output it names is there; a
+synth or submit call when its outputs exist and the config.yaml in its
+folder equals the config it would run with now. A fit whose folder holds an
+interrupted run of the same fingerprint resumes there; any other call that is
+not done starts from an empty folder (so cir.fit never resumes a checkpoint of
+another config). Stages that read the output of a stage that ran rerun too,
+from scratch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cir import completion
+from cir.completion import config_text
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
 from cir.data.synth import config as synth_config
 from cir.grid.children import run_child
@@ -37,18 +42,6 @@ CLIS = tuple(MODULES)
 SCHEMAS = {"fit": FitConfig, "evaluate": EvaluateConfig, "submit": EvaluateConfig, "synth": synth_config.SynthRunConfig}
 STDOUT_LOG = "stdout.log"  # an in-process evaluation's printed table
 SUBMISSION_GLOB = "*_submission.json"
-# Where a run ran, not what it computed: slurm/tat.sbatch sets them from the job's allocation.
-LAUNCH_KEYS = ("trainer.num_nodes", "trainer.devices")
-
-
-def _without_launch(cfg: DictConfig) -> str:
-    plain = OmegaConf.create(to_yaml(cfg))
-    for key in LAUNCH_KEYS:
-        section, _, name = key.partition(".")
-        if isinstance(plain.get(section), DictConfig):
-            plain[section].pop(name, None)
-    return to_yaml(plain)
-
 
 @functools.lru_cache(maxsize=1024)
 def _load(cli: str, config: Path, overrides: tuple[str, ...], modified_ns: int) -> DictConfig:
@@ -93,26 +86,36 @@ class CliCall:
         check_kwargs(cfg.trainer, L.Trainer, "trainer")
         return cfg
 
-    def completed(self) -> bool:
-        if self.cli == "synth":
-            return synth_config.completed(self.out)
-        if self.cli == "submit":
-            return any(self.out.glob(SUBMISSION_GLOB))
-        return (self.out / ("run.json" if self.cli == "fit" else "metrics.json")).is_file()
+    @property
+    def recorded(self) -> bool:
+        """Whether the CLI keeps a completion record (cir.fit, cir.evaluate)."""
+        return self.cli in ("fit", "evaluate")
 
     def same_config(self) -> bool:
         """The folder's config.yaml is the one this call would run with (the launch shape aside, see LAUNCH_KEYS)."""
         written = self.out / CONFIG_FILE
-        if not written.is_file():
-            return False
-        return _without_launch(OmegaConf.create(written.read_text())) == _without_launch(self.load())
+        return written.is_file() and config_text(OmegaConf.create(written.read_text())) == config_text(self.load())
+
+    def why_not_done(self) -> str | None:
+        """None when the call's outputs are complete for what it would run with now; else why not, in a few words."""
+        if self.recorded:
+            return completion.why_not_done(self.out, completion.fingerprint(self.load()))
+        finished = synth_config.completed(self.out) if self.cli == "synth" else any(self.out.glob(SUBMISSION_GLOB))
+        return None if finished and self.same_config() else "not finished with this config"
 
     def done(self) -> bool:
-        return self.completed() and self.same_config()
+        return self.why_not_done() is None
+
+    def resumable(self) -> bool:
+        """The folder holds an interrupted run of this very call, to go on with (a fit or synth; an evaluation or
+        submission starts afresh, leaving nothing of an earlier attempt beside its outputs)."""
+        if self.cli == "fit":
+            return completion.same_run(self.out, completion.fingerprint(self.load()))
+        return self.cli == "synth" and self.same_config()
 
     def prepare(self, from_scratch: bool) -> None:
-        """Empty the folder unless it holds an interrupted run of this very config; cir.submit's config is written here."""
-        if from_scratch or not self.same_config():
+        """Empty the folder unless it holds a run to go on with or is done; cir.submit's config is written here."""
+        if from_scratch or not (self.resumable() or self.done()):
             shutil.rmtree(self.out, ignore_errors=True)
         if self.cli == "submit":
             self.out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,13 @@ class Stage:
                 call.run(from_scratch)
 
 
+def decide(stage: Stage, rerun: set[str], fresh: bool, ran: Sequence[str]) -> tuple[bool, bool]:
+    """(whether the stage runs, whether from scratch): `fresh`, `rerun` and a stage it reads that ran (or will, in
+    a dry run) make it run from scratch; otherwise it runs when it is not done."""
+    forced = fresh or stage.name in rerun or any(need in ran for need in stage.needs)
+    return forced or not stage.done(), forced
+
+
 def run_stages(
     stages: Sequence[Stage],
     rerun: set[str],
@@ -184,8 +194,8 @@ def run_stages(
     width = len(str(len(stages)))
     for number, stage in enumerate(stages, 1):
         tag = f"[{number:>{width}}/{len(stages)}] {prefix}{stage.name}"
-        forced = fresh or stage.name in rerun or any(need in ran for need in stage.needs)
-        if not forced and stage.done():
+        runs, forced = decide(stage, rerun, fresh, ran)
+        if not runs:
             echo(f"{tag}: {stage.title}: done before, skipped")
             continue
         echo(f"{tag}: {stage.title} ...")

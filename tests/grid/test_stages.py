@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cir.config import ConfigError
+from cir.config import ConfigError, to_yaml
 from cir.grid.stages import CliCall, Stage, run_stages
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
@@ -65,18 +65,19 @@ def _call(tmp_path: Path, *overrides: str) -> CliCall:
                    (f"output_dir={tmp_path}", f"data.root={tmp_path}", *overrides), tmp_path)
 
 
-def test_a_call_is_done_only_with_its_own_config_written(tmp_path) -> None:
-    from cir.config import to_yaml
+def test_a_call_is_done_only_with_a_done_record_of_its_own_fingerprint(tmp_path) -> None:
+    from cir import completion
 
     call = _call(tmp_path)
     assert not call.done()
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "config.yaml").write_text(to_yaml(call.resolve()))
+    assert call.why_not_done() == "no completion record"  # outputs and config alone are not done
+    completion.finish(tmp_path, completion.fingerprint(call.load()), [tmp_path / "metrics.json"])
     assert call.done()
-    assert not _call(tmp_path, "eval.examples=2").done()
+    assert _call(tmp_path, "eval.examples=2").why_not_done() == "config changed"
     # slurm/tat.sbatch appends the allocation's shape: the same run on other devices is still done
-    (tmp_path / "config.yaml").write_text(to_yaml(_call(tmp_path, "trainer.devices=4", "trainer.num_nodes=2").resolve()))
-    assert call.done()
+    assert _call(tmp_path, "trainer.devices=4", "trainer.num_nodes=2").done()
 
 
 def test_stage_config_errors_name_the_stage_and_its_config(tmp_path) -> None:

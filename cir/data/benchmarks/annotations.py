@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cir.data.inputs import note_input
+
 
 class BenchmarkLayoutError(FileNotFoundError):
     """An annotation file is missing under the benchmark root; the message shows the expected tree."""
@@ -27,8 +29,9 @@ def require_file(path: Path, root: Path, layout: str) -> Path:
 
 
 def read_json(path: Path, root: Path, layout: str, kind: type) -> Any:
-    """Load one annotation file whose top level must be `kind` (list or dict)."""
+    """Load one annotation file whose top level must be `kind` (list or dict); a completion record names it."""
     require_file(path, root, layout)
+    note_input(path)
     try:
         with path.open(encoding="utf-8") as handle:
             data = json.load(handle)
