@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import platform
+import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 PACKAGES = ("cir", "torch", "torchvision", "lightning", "open_clip_torch", "peft", "torchmetrics", "webdataset", "omegaconf")
 
 
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str:
+    """The git commit of the cir source that runs ("<hash>-dirty" with uncommitted changes to tracked files), or
+    "unknown" outside a git checkout (an installed wheel): a published model names the code that trained it."""
+    folder = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def package_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    versions = {"python": sys.version.split()[0], "platform": platform.platform(), "cir_commit": source_commit()}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "cir"
 # Command-line modules: parse, call the library, print. No library module imports them; a grid runs them by module
 # name (cir.grid.stages.MODULES), as `python -m` does, in a process of its own or in-process through importlib.
-COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.browse.__main__", "cir.grid.__main__",
+COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.publish", "cir.browse.__main__", "cir.grid.__main__",
                  "cir.report.__main__", "cir.data.synth.__main__"}
 # Lower layers never reach up into evaluation, training tasks or the training run.
 LOWER_LAYERS = ("cir.data", "cir.models")

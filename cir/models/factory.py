@@ -49,7 +49,7 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
         (open_clip / our export: .pt, .bin, .safetensors, ...); or an open_clip
         pretrained tag such as "openai" (downloaded by open_clip into cache_dir).
         A folder open_clip's hub tooling wrote (open_clip_config.json and
-        open_clip_model.safetensors, e.g. `python -m cir.models.publish`) gives its
+        open_clip_model.safetensors, e.g. `python -m cir.publish`) gives its
         weights, activation and preprocessing; `name` must be its architecture.
     A tag trained with QuickGELU (OpenAI's) switches to the "<name>-quickgelu"
     config when one exists (else forces QuickGELU), so the features are right; so
@@ -217,7 +217,7 @@ def _weight_file(model_name: str, path: str) -> ResolvedWeights:
         raise ConfigError(
             f"config key `model.pretrained`: cannot tell whether {path} holds OpenAI's {model_name} weights (QuickGELU) "
             f"or GELU-trained ones: for OpenAI's use model.name={model_name}-quickgelu; for others load them by their "
-            "open_clip tag or from a folder with open_clip_config.json (python -m cir.models.publish writes one)"
+            "open_clip tag or from a folder with open_clip_config.json (python -m cir.publish writes one)"
         )
     if not quick:
         return ResolvedWeights(path, False, model_name)
@@ -234,7 +234,7 @@ def _hub_folder(model_name: str, folder: Path) -> ResolvedWeights:
     if hub is None or not weights.is_file():
         raise FileNotFoundError(
             f"pretrained folder {folder} is no open_clip hub folder: it needs {HUB_CONFIG} and {HUB_WEIGHTS} "
-            "(python -m cir.models.publish writes one)"
+            "(python -m cir.publish writes one)"
         )
     folder_cfg = dict(hub["model_cfg"])
     quick = bool(folder_cfg.pop("quick_gelu", False))
@@ -246,5 +246,7 @@ def _hub_folder(model_name: str, folder: Path) -> ResolvedWeights:
             "differs); set model.name to the model the folder was exported from"
         )
     force, name = _quick_gelu(model_name) if quick else (False, model_name)
-    preprocess = {k: v for k, v in (hub.get("preprocess_cfg") or {}).items() if k in _PREPROCESS_KEYS}
+    # JSON gives lists; tuples, as open_clip's own defaults are, keep the transform (and its feature-cache key) the same
+    preprocess = {k: tuple(v) if isinstance(v, list) else v
+                  for k, v in (hub.get("preprocess_cfg") or {}).items() if k in _PREPROCESS_KEYS}
     return ResolvedWeights(str(weights), force, name, preprocess)
