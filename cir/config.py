@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cir.data.benchmarks.annotations import AnnotationError
+from cir.data.errors import DataError, UnreadableImage
 from cir.logs import setup_logging
 from cir.signals import stop_on_signals
 
@@ -115,10 +116,26 @@ def check_finite(cfg: DictConfig | ListConfig, prefix: str = "") -> None:
             raise ConfigError(f"config key `{name}`: expected a finite number, got {value}")
 
 
+def check_booleans(schema: DictConfig, layer: DictConfig, origin: str, prefix: str = "") -> None:
+    """OmegaConf takes any number for a bool (`eval.exclude_reference=2` as true): a bool key wants true or false."""
+    for key in layer:
+        try:
+            target = schema._get_node(key)
+        except OmegaConfBaseException:
+            continue  # an unknown key: the merge names it
+        value, name = layer._get_node(key), f"{prefix}{key}"
+        if isinstance(value, DictConfig) and isinstance(target, DictConfig):
+            check_booleans(target, value, origin, f"{name}.")
+        elif isinstance(target, BooleanNode) and isinstance(value._value(), (int, float)) \
+                and not isinstance(value._value(), bool):
+            raise ConfigError(f"{origin}: config key `{name}`: expected true or false, got {value._value()!r}")
+
+
 def _merge(schema: DictConfig, layer: DictConfig | list[str], origin: str) -> DictConfig:
     try:
         if isinstance(layer, list):
             layer = parse_overrides(layer)
+        check_booleans(schema, layer, origin)
         return OmegaConf.merge(schema, layer)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, origin)) from err
@@ -203,8 +220,9 @@ def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | 
     try:
         with stop_on_signals():
             main(path, overrides)
-    except (ConfigError, FileNotFoundError, AnnotationError, OSError) as err:
-        user_fixes = not isinstance(err, OSError) or isinstance(err, FileNotFoundError) or err.errno in FILESYSTEM_ERRNOS
+    except (ConfigError, FileNotFoundError, AnnotationError, DataError, OSError) as err:
+        user_fixes = (not isinstance(err, OSError) or isinstance(err, (FileNotFoundError, UnreadableImage))
+                      or err.errno in FILESYSTEM_ERRNOS)
         if debug or not user_fixes:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -30,6 +30,7 @@ from cir.eval.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS
+from cir.models.export import export_model_name
 from cir.preemption import GracefulInterruption
 from cir.resume import ResumedOptimizer, check_extends, check_resume, newest_checkpoint
 from cir.run_lock import RunLock
@@ -42,9 +43,15 @@ from cir.throughput import ThroughputMonitor
 log = logging.getLogger(__name__)
 
 
+MISSING_KEY = object()
+
+
 def check_fit_config(cfg: DictConfig) -> None:
     """Impossible values fail before any model is built or shard opened."""
     require(cfg.task in TASKS, "task", f"one of {sorted(TASKS)}", cfg.task)
+    for i, key in enumerate(cfg.resume.accept_changes):  # a typo would accept nothing and say nothing
+        require(OmegaConf.select(cfg, key, default=MISSING_KEY) is not MISSING_KEY, f"resume.accept_changes[{i}]",
+                "a config key or section of this run", key)
     require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
     lora = cfg.model.lora
     require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
@@ -168,7 +175,9 @@ def check_finished(cfg: DictConfig, trainer: L.Trainer, skipped: dict[str, int])
         if trainer.is_global_zero:  # Lightning saved last.ckpt at the empty epoch's end: a rerun would "resume" past it
             for path in (Path(cfg.output_dir) / "checkpoints").glob("*.ckpt"):
                 path.unlink()
-        reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none counted"
+        # skips travel to the trainer with the batches: a loader that yields none cannot report its own
+        reasons = (", ".join(f"{reason} {n}" for reason, n in skipped.items() if n)
+                   or "uncounted, as no batch came to carry the counts")
         raise ConfigError(f"config key `{key}`: no training step: no usable sample in {source} (skipped: {reasons}; "
                           "see the warnings above)")
     if 0 < trainer.global_step < trainer.max_steps and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -216,8 +225,9 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
                  trainer.global_step, trainer.global_step - (point.global_step if point else 0), samples,
                  sum(skipped.values()), ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none")
         record["export"] = str(export)
-        # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu.
-        record["export_model_name"] = module.backbone.name
+        # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu; a config
+        # JSON's copy beside the export.
+        record["export_model_name"] = export_model_name(module.backbone, cfg.model.name, out)
         write_json(out / "run.json", record)
         logger.log_hyperparams(run_hparams(cfg), final_metrics(trainer))
         logger.finalize("success")  # fit closed the writer already: flush what the line above wrote

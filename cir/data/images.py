@@ -10,14 +10,27 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cir.data.errors import UnreadableImage
+
 
 def load_rgb(path: Path) -> Image.Image:
     """Open any image mode (CMYK, 16-bit, grayscale, palette, RGBA) as 8-bit RGB.
 
     Transparency is composited on white, 16-bit and 32-bit integer images are
     scaled (not clipped) to 8 bits, and an image past PIL's decompression-bomb
-    limit is refused (DecompressionBombError) instead of filling memory.
+    limit is refused instead of filling memory. A file that does not decode
+    (truncated, not an image, a bomb) raises UnreadableImage naming it.
     """
+    try:
+        return _load_rgb(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning, SyntaxError, ValueError) as err:
+        name = path if isinstance(path, (str, Path)) else "image bytes"
+        raise UnreadableImage(f"{name}: cannot read the image ({type(err).__name__}: {err})") from err
+
+
+def _load_rgb(path: Path) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as img:

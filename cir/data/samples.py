@@ -20,6 +20,7 @@ import torch
 from webdataset.utils import PipelineStage
 
 from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
+from cir.data.errors import DataError
 from cir.data.images import load_rgb
 from cir.data.transforms import stack_images
 
@@ -68,9 +69,10 @@ class SkipStats:
         level = logging.WARNING if self.counts[reason] <= _WARNINGS_PER_REASON else logging.DEBUG
         log.log(level, "skipped (%s, %d so far): %s", reason, self.counts[reason], detail)
         if self.consecutive >= MAX_CONSECUTIVE_SKIPS:
-            raise RuntimeError(
-                f"{self.consecutive} consecutive samples or shards were skipped ({self.counts}): "
-                "the shards, their keys or the image transform are broken, not a few samples"
+            raise DataError(
+                f"{self.consecutive} consecutive samples or shards were skipped "
+                f"({', '.join(f'{r} {n}' for r, n in self.counts.items() if n)}; see the warnings above): "
+                "no usable sample in the training data (data.train_shards, its keys or the image transform)"
             )
 
     def passed(self) -> None:

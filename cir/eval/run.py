@@ -77,6 +77,10 @@ def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, Benchm
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     L.seed_everything(cfg.seed, verbose=False)
     benches = benchmark_splits(cfg.data, split, cfg.eval.fashioniq_captions)
+    if split is None:  # an evaluation (cir.submit names its split): scores need targets, which a test split hides
+        hidden = [f"{b.name}/{b.split}" for b in benches if not b.has_targets]
+        require(not hidden, "data.split", "a split with targets (a test split's targets are hidden: python -m "
+                f"cir.submit writes its server files); {', '.join(hidden)} has none", cfg.data.split)
     backbone = create_backbone(cfg.model.name, cfg.model.pretrained, cache_dir=cfg.model.cache_dir)
     backbone.eval()
     alphas = sorted({*cfg.eval.alphas, paper_alpha(cfg)})

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cir.config import ConfigError, load_config, open_nodes, read_yaml, require
+from cir.config import ConfigError, load_config, open_nodes, parse_overrides, read_yaml, require
 from cir.data.synth import config as synth_config
 from cir.grid.schema import MANDATORY, GridConfig
 from cir.grid.stages import CLIS, SCHEMAS, CliCall, InProcessCall, Stage
@@ -36,13 +36,16 @@ def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     grid_level = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in GRID_FIELDS]
+    axes = [o for o in grid_level if o.startswith("axes.")]
     cfg = OmegaConf.structured(GridConfig)
     OmegaConf.set_struct(cfg, True)
     open_nodes(cfg, FREE_FORM)  # dotted keys (`model.anchor`) in struct mode fail; stage specs stay typed
     try:
-        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)), OmegaConf.from_dotlist(grid_level))
+        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)), OmegaConf.from_dotlist([o for o in grid_level if o not in axes]))
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: config key `{getattr(err, 'full_key', '?')}`: {str(err).splitlines()[0]}") from None
+    for override in axes:
+        set_axis(cfg, *override.split("=", 1))
     require(cfg.task == "grid", "task", "grid", cfg.task)
     require(len(cfg.stages) > 0, "stages", "at least one stage", {})
     require(cfg.report is None or cfg.report in REPORTS, "report", f"null or one of {list(REPORTS)}", cfg.report)
@@ -59,6 +62,16 @@ def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[
         require(not (spec.shared and per_cell), f"stages.{name}.needs", "shared stages only (a shared stage runs "
                 "before the cells)", list(spec.needs))
     return cfg, [o for o in overrides if o not in grid_level]
+
+
+def set_axis(cfg: DictConfig, key: str, value: str) -> None:
+    """`axes.KEY=[a, b]` from the command line: KEY is an axis name as in the YAML, dots and all (`axes.model.anchor`
+    names the axis `model.anchor`; a dotlist would nest it), and replaces that axis."""
+    name = key.removeprefix("axes.")
+    values = parse_overrides([f"axis={value}"]).axis
+    require(isinstance(values, ListConfig) and len(values) > 0, key, "a non-empty list of the axis's values "
+            f"(`{key}=[a, b]`)", value)
+    cfg.axes[name] = values
 
 
 def _text(value: Any) -> str:
@@ -273,10 +286,20 @@ class Grid:
             try:
                 for stage in self.stages(cell):
                     stage.validate()
+                    self.check_data_root(stage)
             except (ConfigError, FileNotFoundError) as err:
                 lines.append(f"cell {cell.name}: FAILED: {err}")
                 failed.append(cell.name)
         return lines, failed
+
+    def check_data_root(self, stage: Stage) -> None:
+        """An evaluation's benchmark root must exist before any stage runs, unless it lies in the grid's folder,
+        where an earlier stage (a synth) writes it."""
+        for call in stage.calls:
+            if call.cli in ("evaluate", "submit"):
+                root = Path(call.load().data.root).expanduser().resolve()
+                if not root.exists() and self.root not in root.parents:
+                    raise ConfigError(f"grid stage {stage.name}: config key `data.root`: {root} does not exist")
 
     def shared_stages(self) -> list[Stage]:
         """The enabled shared stages (their config is the same in every cell: no axis reaches them)."""

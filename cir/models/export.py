@@ -4,7 +4,8 @@ An open_clip backbone becomes a checkpoint file that loads with
 `open_clip.create_model_and_transforms(backbone.name, pretrained=path)`
 (strictly) and with `create_backbone(backbone.name, path)`; a BLIP backbone a
 save_pretrained folder that `BlipForImageTextRetrieval.from_pretrained` and
-`create_backbone(folder)` load. `export_backbone` picks the format.
+`create_backbone(folder)` load. `export_backbone` picks the format;
+`export_model_name` says which model name loads it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import open_clip
 import torch
 from safetensors.torch import save_file
 
-from cir.io import atomic_path
+from cir.io import atomic_path, write_json
 from cir.models.backbone import Backbone
 from cir.models.blip import BlipBackbone
 from cir.models.lora import has_lora, merge_lora
@@ -90,3 +92,20 @@ def export_open_clip(backbone: Backbone, path: str | Path) -> Path:
         else:
             torch.save(state, tmp)
     return Path(path)
+
+
+def export_model_name(backbone: Backbone, configured: str, out_dir: str | Path) -> str:
+    """The model name to load the export with, in any process.
+
+    A model given as a config JSON (`model.name=PATH.json`) is known to open_clip by
+    the file's stem only in the process that registered it: its config is copied
+    beside the export as `<stem>.json` and the name is that copy's absolute path,
+    which every command resolves (and a later edit of the original cannot change).
+    Any other model keeps the backbone's own name (e.g. ViT-L-14-quickgelu for
+    OpenAI weights).
+    """
+    if not configured.endswith(".json"):
+        return backbone.name
+    path = Path(out_dir).resolve() / f"{Path(configured).stem}.json"
+    write_json(path, open_clip.get_model_config(backbone.name))
+    return str(path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cir.data.errors import UnreadableImage
 from cir.data.images import load_rgb
 
 
@@ -44,19 +45,19 @@ def test_palette_with_transparency(tmp_path):
     assert tuple(rgb(tmp_path / "p.png")[0, 0]) == (200, 10, 10)
 
 
-def test_zero_byte_and_truncated_files_raise(tmp_path):
+def test_zero_byte_and_truncated_files_raise_naming_the_file(tmp_path):
     (tmp_path / "z.png").write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises(UnreadableImage, match=f"^{tmp_path / 'z.png'}: cannot read the image"):
         load_rgb(tmp_path / "z.png")
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError):
+    with pytest.raises(UnreadableImage, match=f"^{tmp_path / 't.jpg'}: cannot read the image"):
         load_rgb(tmp_path / "t.jpg")
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4096 pixels: past the limit, under the 2x hard error
-    with pytest.raises(Image.DecompressionBombWarning):
+    with pytest.raises(UnreadableImage, match=f"^{tmp_path / 'big.png'}: cannot read the image \\(DecompressionBombWarning"):
         load_rgb(tmp_path / "big.png")

@@ -15,6 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from cir.data import samples as sample_conversion
+from cir.data.errors import DataError
 from cir.data.epochs import batches_per_rank, epoch_share
 from cir.data.samples import NpyReader
 from cir.data.shards import SKIP_REASONS, image_text_loader, image_text_pipeline
@@ -239,7 +240,7 @@ def test_resume_is_exact_past_images_that_only_fail_when_decoded(tmp_path, monke
 def test_a_long_run_of_skips_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(sample_conversion, "MAX_CONSECUTIVE_SKIPS", 3)
     url = write(tmp_path / "x.tar", [{"__key__": f"{i:06d}", "txt": "1"} for i in range(5)])
-    with pytest.raises(RuntimeError, match="consecutive"):
+    with pytest.raises(DataError, match=r"^3 consecutive samples or shards were skipped \(missing_image 3; .*: no usable"):
         list(image_text_pipeline(url, image_transform=TRANSFORM, tokenize=tokenize, batch_size=2))
 
 

@@ -34,14 +34,28 @@ def read_json(path: Path, root: Path, layout: str, kind: type) -> Any:
     note_input(path)
     try:
         with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.load(handle, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         raise AnnotationError(f"{path}: not valid JSON ({error})") from None
+    except _DuplicateKey as duplicate:
+        raise AnnotationError(f"{path}: key {duplicate.args[0]!r} appears twice in one object (JSON readers keep the "
+                              "last silently; which one is meant?)") from None
     if not isinstance(data, kind):
         raise AnnotationError(
             f"{path}: top level should be a JSON {_json_kind(kind)}, found {_json_kind(type(data))}"
         )
     return data
+
+
+class _DuplicateKey(Exception):
+    """A key seen twice in one JSON object (json keeps the last one without a word)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey(next(key for i, key in enumerate(keys) if key in keys[:i]))
+    return dict(pairs)
 
 
 def entry_field(entry: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
