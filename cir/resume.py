@@ -184,3 +184,32 @@ class ResumedOptimizer(L.Callback):
         if not self.optim.learn_temperature:
             with torch.no_grad():
                 pl_module.log_logit_scale.fill_(math.log(1.0 / self.optim.temperature))
+
+
+def random_states(trainer: L.Trainer) -> list[dict[str, Any]]:
+    """Every rank's torch generator states (CPU, and each CUDA device's: what dropout draws from), in rank order.
+
+    A checkpoint saves them so a resumed run draws the dropout masks the uninterrupted run drew; every rank calls
+    this while saving (Lightning's checkpoint dump runs on all ranks), so the gather is collective. Tensors only:
+    the checkpoint stays loadable with torch.load(weights_only=True).
+    """
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+    if trainer.world_size == 1:
+        return [state]
+    states: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def restore_random_state(trainer: L.Trainer, states: list[dict[str, Any]] | None) -> None:
+    """Put back this rank's generator states from a checkpoint (where training starts, after everything that draws
+    while a run is set up). A checkpoint from another number of ranks, or from before states were saved, has none
+    that fit: named in a warning, and training goes on from the seeded state."""
+    if states is None or len(states) != trainer.world_size:
+        log.warning("the checkpoint holds %s random state(s) for %d rank(s): dropout will not draw what an "
+                    "uninterrupted run would", "no" if states is None else len(states), trainer.world_size)
+        return
+    state = states[trainer.global_rank]
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])

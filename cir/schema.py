@@ -150,6 +150,7 @@ class TrainDataConfig:
     exact_epoch: bool = False             # one pass, every pair at most once, all ranks in step (needs sample counts)
     shuffle_buffer: int = 1000
     text_embeddings: str | None = None
+    decode: str = "cpu"                   # cuda: workers ship JPEG bytes + crop boxes, the GPU decodes (cir.data.device_decode)
 
 
 @dataclass

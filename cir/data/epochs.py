@@ -20,15 +20,18 @@ class EpochPlan:
     DataLoader still asks worker 0 first, for what was batch P: so worker k makes
     worker (k + P) % W's part and passes over its batches before P. Shard
     sampling, splitting and the epoch share all take the worker from here; it is
-    set in each worker at the start of each epoch (`ImageTextPipeline.iterator1`).
+    set in each worker at the start of each epoch (`ImageTextPipeline.iterator1`), which also counts
+    `epoch` up from -1 (a resumed run sets it, like the shard sampler's and the shuffles' epochs).
     """
 
     def __init__(self) -> None:
         self.resume_batches = 0
+        self.epoch = -1
         self.rank, self.world_size, self.worker, self.num_workers = 0, 1, 0, 1
         self.done: range = range(0)
 
     def start_epoch(self) -> None:
+        self.epoch += 1
         self.rank, self.world_size, worker, num_workers = pytorch_worker_info()
         self.num_workers = max(num_workers, 1)
         self.worker = (worker + self.resume_batches) % self.num_workers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,12 +11,18 @@ import torch
 
 from cir.config import ConfigError
 from cir.data.shards import image_text_loader, image_text_pipeline
-from cir.data.transforms import NormaliseOnDevice
+from cir.data.transforms import NormaliseOnDevice, Uint8RandomResizedCrop
 from cir.data.validation import ZeroShotValidationData
 
 
 class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.LightningDataModule):
-    """Builds the shard loader once the process group exists, so shards split by the real rank."""
+    """Builds the shard loader once the process group exists, so shards split by the real rank.
+
+    Its checkpoint state is where training stands in the data (`training_position`): Lightning restores a
+    DataModule before it first asks for the training loader, which it may do before it restores the loops (to
+    count the steps of an epoch for the LR schedule: trainer.estimated_stepping_batches), too early for the
+    loader's own state (ResumableLoader) to reach it; a resumed run would then start the epoch afresh.
+    """
 
     def __init__(
         self,
@@ -24,17 +31,29 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         tokenize: Callable[[list[str]], torch.Tensor] | None,
         batch_size: int,
         num_workers: int,
+        decode: str = "cpu",
         **pipeline_options: Any,
     ) -> None:
         """pipeline_options: image_text_pipeline's keywords for how an epoch is drawn (resampled, exact_epoch,
-        samples_per_epoch, shuffle_buffer, seed, text_embedding_key), handed on as given."""
+        samples_per_epoch, shuffle_buffer, seed, text_embedding_key), handed on as given. decode: where JPEGs are
+        decoded, cropped and resized (`data.decode`: cpu in the workers, cuda on the training GPU)."""
         super().__init__()
         self.train_shards = train_shards
-        self.image_transform = image_transform
+        self.image_transform = device_decoding(image_transform) if decode_on(decode) == "cuda" else image_transform
         self.tokenize = tokenize
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pipeline_options = pipeline_options
+        self.resume_at: dict[str, int] = {}
+
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        epoch, batches = self.training_position()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.resume_at = dict(state_dict)
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -55,7 +74,12 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
             )
         except ValueError as err:  # no usable shard counts: a data problem the user fixes in the config
             raise ConfigError(f"config key `data.train_shards`: {err}") from None
+        if self.resume_at:
+            pipeline.resume(self.resume_at["epoch"], self.resume_at["batches"])
         pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        if getattr(self.image_transform, "decode", "cpu") == "cuda" and not pin:
+            raise ConfigError("config key `data.decode`: cuda decodes on the training GPU, and this run trains on "
+                              f"{self.trainer.strategy.root_device if self.trainer else 'no trainer'}; use data.decode=cpu")
         loader = image_text_loader(pipeline, self.num_workers, pin_memory=pin)
         if self.trainer is not None:
             loader.position = self.training_position
@@ -74,3 +98,21 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         if progress.is_last_batch:
             return self.trainer.current_epoch + 1, 0
         return self.trainer.current_epoch, progress.current.processed
+
+
+def decode_on(decode: str) -> str:
+    """`data.decode` checked: cpu, or cuda where this machine has a CUDA device."""
+    if decode not in ("cpu", "cuda"):
+        raise ConfigError(f"config key `data.decode`: cpu or cuda, got {decode!r}")
+    if decode == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key `data.decode`: cuda decodes JPEGs on a CUDA GPU and this machine has none "
+                          "(torch.cuda.is_available() is False); use data.decode=cpu")
+    return decode
+
+
+def device_decoding(transform: Callable) -> Uint8RandomResizedCrop:
+    """The uint8 training transform that hands JPEGs over undecoded, with their crop boxes."""
+    if not isinstance(transform, Uint8RandomResizedCrop):
+        raise ConfigError("config key `data.decode`: cuda covers open_clip's plain random resized crop only, and "
+                          "model.aug_cfg asks for more (colour jitter, grayscale, timm); use data.decode=cpu")
+    return dataclasses.replace(transform, decode="cuda")

@@ -22,6 +22,7 @@ from webdataset.utils import PipelineStage
 from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
 from cir.data.errors import DataError
 from cir.data.images import load_rgb
+from cir.data.sample_rng import sample_seed, seeded
 from cir.data.transforms import stack_images
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,15 @@ class ToImageText(PipelineStage):
 
     With samples_per_epoch it also ends the worker's epoch after its share; in a
     resumed epoch it first passes over the samples of the batches already trained on.
+    The image transform's random draws are seeded per sample (cir.data.sample_rng) by
+    (seed, epoch, rank, worker part, the sample's place in that part's stream), so a
+    resumed run, any worker count's process or a pass-over draws what the first run drew.
     """
 
     def __init__(self, stats: SkipStats, image_transform: Callable, text_embedding_key: str | None,
-                 plan: EpochPlan, batch_size: int, samples_per_epoch: int | None) -> None:
+                 plan: EpochPlan, batch_size: int, samples_per_epoch: int | None, seed: int = 0) -> None:
         self.stats = stats
+        self.seed = seed
         self.image_transform = image_transform
         self.text_embedding_key = text_embedding_key
         self.plan = plan
@@ -167,15 +172,15 @@ class ToImageText(PipelineStage):
 
     def _samples(self, src: Iterable[dict[str, Any]], skip: int) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         """The converted samples after `skip` usable ones (passed over uncounted: skips among them were counted before)."""
-        src = iter(src)
+        places = enumerate(src)  # a raw sample's place in this part's stream seeds its random draws
         while skip > 0:
-            sample = next(src, None)
-            if sample is None:
+            placed = next(places, None)
+            if placed is None:
                 return
-            skip -= self._usable(sample)
-        yield from self._convert(src)
+            skip -= self._usable(*placed)
+        yield from self._convert(places)
 
-    def _usable(self, sample: dict[str, Any]) -> bool:
+    def _usable(self, place: int, sample: dict[str, Any]) -> bool:
         """Whether _convert accepts the sample, by the same decoding and checks (nothing counted).
 
         Judging by less (the image header, say) would pass a truncated JPEG that
@@ -183,17 +188,17 @@ class ToImageText(PipelineStage):
         """
         try:
             self._text(sample)
-            self._image(sample)
+            self._image(place, sample)
         except _Skip:
             return False
         return True
 
-    def _convert(self, src: Iterable[dict[str, Any]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
+    def _convert(self, places: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         reported, reported_total = self.stats.vector(), self.stats.total
-        for sample in src:
+        for place, sample in places:
             try:
                 text = self._text(sample)
-                image = self._image(sample)
+                image = self._image(place, sample)
             except _Skip as skip:
                 self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
                 continue
@@ -205,14 +210,17 @@ class ToImageText(PipelineStage):
             yield image, text, now - reported
             reported, reported_total = now, self.stats.total
 
-    def _image(self, sample: dict[str, Any]) -> torch.Tensor:
+    def _image(self, place: int, sample: dict[str, Any]) -> torch.Tensor:
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None:
             raise _Skip("missing_image", f"no {' / '.join(IMAGE_KEYS)} entry (keys: {sorted(sample)})")
+        plan, transform = self.plan, self.image_transform
         try:
-            if getattr(self.image_transform, "takes_encoded", False):
-                return self.image_transform(sample[key])
-            return self.image_transform(load_rgb(io.BytesIO(sample[key])))
+            with seeded(sample_seed(self.seed, plan.epoch, plan.rank, plan.worker, place),
+                        python=getattr(transform, "draws_from_python", True)):
+                if getattr(transform, "takes_encoded", False):
+                    return transform(sample[key])
+                return transform(load_rgb(io.BytesIO(sample[key])))
         except Exception as exn:
             raise _Skip("bad_image", f"{key}: {exn!r}") from exn
 

@@ -75,6 +75,7 @@ class ImageTextPipeline(wds.DataPipeline):
         for stage in self.pipeline:
             if isinstance(stage, (wds.ResampledShards, wds.detshuffle, ExactEpochSamples)):
                 stage.epoch = epoch - 1
+        self.plan.epoch = epoch - 1
         self.plan.resume_batches = batches
 
     def iterator1(self) -> Iterator[ImageTextBatch]:
@@ -163,7 +164,7 @@ def image_text_pipeline(
         stages += [wds.tarfile_to_samples(handler=stats.shard_error), wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None]
     return ImageTextPipeline(
         *stages,
-        ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch),
+        ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch, seed),
         wds.batched(batch_size, collation_fn=functools.partial(collate, tokenize=tokenize), partial=True),
         plan=plan,
         skip_stats=stats,
@@ -225,6 +226,10 @@ def image_text_loader(pipeline: ImageTextPipeline, num_workers: int, *, pin_memo
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
         worker_init_fn=functools.partial(_pin_rank, rank, world_size),
+        # Its own generator for the workers' base seed, drawn at each iter(): else the draw comes from the training
+        # process's global generator, shifting the model's dropout masks by whether the run was resumed. The
+        # workers' generators seed nothing the data depends on (sample draws: cir.data.sample_rng).
+        generator=torch.Generator(),
     )
     if pipeline.exact is not None and rank == 0:
         log.info("%s", pipeline.exact.summary(num_workers))

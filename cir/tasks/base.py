@@ -17,6 +17,7 @@ from cir.data.transforms import uint8_version
 from cir.eval.evaluator import BenchmarkEvaluator
 from cir.models import Backbone, train_transform
 from cir.provenance import run_record
+from cir.resume import random_states, restore_random_state
 from cir.tasks.zero_shot import EvaluatorEncoding
 
 
@@ -71,6 +72,7 @@ class ContrastiveTask(EvaluatorEncoding, L.LightningModule, TemperatureMixin):
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         self.initial_fingerprint = ""
         self.config_changes: list[dict[str, Any]] = []  # set by cir.training on resume (cir.resume.check_resume)
+        self.resumed, self.resumed_random_states = False, None  # each rank's random state in the checkpoint
 
     def record(self) -> dict[str, Any]:
         """Provenance of this run (this rank's count of samples; the CLI sums ranks for run.json)."""
@@ -79,9 +81,17 @@ class ContrastiveTask(EvaluatorEncoding, L.LightningModule, TemperatureMixin):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cir_run"] = self.record()
+        checkpoint["cir_random_states"] = random_states(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.initial_fingerprint = checkpoint.get("cir_run", {}).get("backbone", {}).get("initial_fingerprint", "")
+        self.resumed_random_states = checkpoint.get("cir_random_states")
+        self.resumed = True
+
+    def on_train_start(self) -> None:
+        """A resumed run draws on from where the checkpoint's run stopped (LoRA dropout): cir.resume."""
+        if self.resumed:
+            restore_random_state(self.trainer, self.resumed_random_states)
 
     def attach_evaluator(self, evaluator: BenchmarkEvaluator | None) -> None:
         self.evaluator = evaluator

@@ -132,5 +132,6 @@ def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) 
         shuffle_buffer=cfg.data.shuffle_buffer,
         seed=cfg.seed,
         text_embedding_key=embedding_key,
+        decode=cfg.data.decode,
     )
     return module, data
