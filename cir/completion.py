@@ -126,7 +126,8 @@ def start(out: str | Path, made_by: dict[str, Any]) -> None:
     write_json(Path(out) / RECORD, {"state": RUNNING, "fingerprint": made_by})
 
 
-def finish(out: str | Path, made_by: dict[str, Any], outputs: Iterable[str | Path], inputs: Iterable[Path] = ()) -> None:
+def finish(out: str | Path, made_by: dict[str, Any], outputs: Iterable[str | Path],
+           inputs: Iterable[Path] = ()) -> None:
     """Every output is written: the done record, last, naming them (relative path and size) and the inputs read."""
     out = Path(out)
     named = {str(Path(p).resolve().relative_to(out.resolve())): Path(p).stat().st_size for p in outputs}

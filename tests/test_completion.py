@@ -98,7 +98,8 @@ def test_rewritten_weights_or_shards_undo_a_finished_run(tmp_path) -> None:
         finish(Path(cfg.output_dir), cfg)
     assert completion.fingerprint(fit)["data"].keys() == {str(p) for p in sorted(shards.iterdir())}
     bump(weights)
-    assert completion.why_not_done(evaluation.output_dir, completion.fingerprint(evaluation)) == f"weights changed ({weights})"
+    assert completion.why_not_done(evaluation.output_dir, completion.fingerprint(evaluation)) == (
+        f"weights changed ({weights})")
     bump(shards / "tune-000001.tar")
     assert completion.why_not_done(fit.output_dir, completion.fingerprint(fit)) == (
         f"data changed ({shards / 'tune-000001.tar'})")

@@ -92,7 +92,8 @@ class CliCall:
         return self.cli in ("fit", "evaluate")
 
     def same_config(self) -> bool:
-        """The folder's config.yaml is the one this call would run with (the launch shape aside, see LAUNCH_KEYS)."""
+        """The folder's config.yaml is the one this call would run with (the launch shape aside, see
+        cir.completion.LAUNCH_KEYS)."""
         written = self.out / CONFIG_FILE
         return written.is_file() and config_text(OmegaConf.create(written.read_text())) == config_text(self.load())
 
