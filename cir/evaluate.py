@@ -14,7 +14,7 @@ from pathlib import Path
 from cir.config import load_config, run_cli
 from cir.distributed import is_global_zero
 from cir.eval.report import format_table
-from cir.eval.run import evaluate, reference_summary
+from cir.eval.run import evaluate, reference_summary, skipped_summary
 from cir.run_lock import rank_zero_lock
 from cir.schema import EvaluateConfig
 
@@ -28,6 +28,8 @@ def main(path: str | None, overrides: list[str]) -> dict[str, float]:
         out = Path(cfg.output_dir)
         print(format_table(metrics))
         print(reference_summary(evaluator))
+        if skipped_summary(evaluator):
+            print(skipped_summary(evaluator))
         print(f"metrics: {out / 'metrics.json'}\nplot: {out / 'alpha_sweep.png'}\ntensorboard: tensorboard --logdir {out}")
         if cfg.eval.save_features:
             print(f"features: {out / 'features'}")

@@ -126,4 +126,4 @@ def main(path: str | None, args: list[str]) -> Path:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, passthrough=True)  # the command parses its own flags

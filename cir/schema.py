@@ -74,6 +74,9 @@ class EvalConfig:
     save_features: bool = False
     # A JSONL of image-caption pairs (cir.eval.gap): the model's gap on them -> metrics.json modality_gap/{gap,pair_cosine,pairs}
     gap_pairs: str | None = None
+    # Gallery images missing or empty (0 bytes): error (stop, naming them) or skip (leave them out of the gallery and
+    # drop the queries that need them; counted in metrics.json meta, not comparable with published numbers)
+    missing_images: str = "error"
 
 
 @dataclass

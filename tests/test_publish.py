@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import open_clip
@@ -19,7 +21,8 @@ from cir.models.weight_files import HUB_CONFIG, HUB_WEIGHTS
 TINY_FIT = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=16",
             "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false", "optim.warmup_steps=1",
             "model.lora.dropout=0.0", "trainer.max_epochs=-1", "trainer.max_steps=3", "optim.lr=3e-3"]
-# The commands README's "Publishing a trained model" shows, with its placeholders
+# The commands docs/data_and_weights.md "Publishing a trained model" shows, with its placeholders
+DOC_UPLOAD = "hf upload ORG/NAME outputs/tat_vitl_hub ."
 DOC_PUBLISH = "python -m cir.publish outputs/tat_vitl --out outputs/tat_vitl_hub"
 DOC_EVAL = "python -m cir.evaluate experiments/eval_cirr.yaml model.pretrained=outputs/tat_vitl_hub"
 
@@ -44,7 +47,8 @@ def _doc_args(command: str, paths: dict[str, Path]) -> list[str]:
 
 def test_the_folder_loads_in_open_clip_and_cir_with_the_export_features(trained_run, tmp_path, capsys) -> None:
     out = tmp_path / "hub"
-    run_cli(publish_cli.main, _doc_args(DOC_PUBLISH, {"outputs/tat_vitl": trained_run, "outputs/tat_vitl_hub": out}))
+    args = _doc_args(DOC_PUBLISH, {"outputs/tat_vitl": trained_run, "outputs/tat_vitl_hub": out})
+    run_cli(publish_cli.main, args, passthrough=True)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", HUB_CONFIG, HUB_WEIGHTS]
     assert f"wrote {out}" in capsys.readouterr().out
     config = json.loads((out / HUB_CONFIG).read_text())
@@ -93,7 +97,7 @@ def test_the_card_reads_every_number_from_the_run_records(trained_run, tmp_path)
 
 
 def test_the_published_folder_evaluates_as_the_doc_shows(trained_run, cirr_root, tmp_path) -> None:
-    """README's evaluate command with model.pretrained=DIR gives the export's numbers."""
+    """The docs' evaluate command with model.pretrained=DIR gives the export's numbers."""
     out = publish_cli.publish(trained_run, tmp_path / "hub")
     args = _doc_args(DOC_EVAL, {"outputs/tat_vitl_hub": out})
     assert args[0] == "experiments/eval_cirr.yaml"
@@ -103,3 +107,15 @@ def test_the_published_folder_evaluates_as_the_doc_shows(trained_run, cirr_root,
     ours = json.loads((tmp_path / "e" / "metrics.json").read_text())
     export = json.loads((tmp_path / "runs" / "tat_val" / "metrics.json").read_text())
     assert {k: v for k, v in ours.items() if "/val/" in k} == {k: v for k, v in export.items() if "/val/" in k}
+
+
+def test_the_documented_upload_command_parses(tmp_path) -> None:
+    """The one upload command the docs show, run offline: huggingface_hub accepts its arguments and stops only
+    at the network (an upload itself needs a token and the Hub, which no test has)."""
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "README.md").write_text("card")
+    args = shlex.split(DOC_UPLOAD.replace("outputs/tat_vitl_hub", str(tmp_path / "hub")))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)})
+    assert done.returncode == 1
+    assert "offline mode is enabled" in done.stdout + done.stderr

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from cir import completion
 from cir.config import check_kwargs, require, to_yaml
 from cir.data.inputs import watch_inputs
+from cir.data.benchmarks.configured import SKIPPED_IMAGES, SKIPPED_QUERIES
 from cir.data.benchmarks.fashioniq import FASHIONIQ_CAPTIONS
 from cir.data.benchmarks.genecis import GENECIS_TASKS
 from cir.distributed import is_global_zero
@@ -35,6 +36,7 @@ from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS, method_key
 from cir.tasks.zero_shot import ZeroShotEvaluation
 
+MISSING_POLICIES = ("error", "skip")  # eval.missing_images
 EXAMPLE_RANK_DEPTH = 1000  # the example grid names the target's rank down to this depth
 
 
@@ -51,6 +53,8 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.data.batch_size > 0, "data.batch_size", "a positive integer", cfg.data.batch_size)
     require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
     check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", cfg.data.genecis.tasks, "data")
+    require(cfg.eval.missing_images in MISSING_POLICIES, "eval.missing_images", f"one of {list(MISSING_POLICIES)}",
+            cfg.eval.missing_images)
 
 
 def check_protocol_keys(captions: str, captions_key: str, tasks, data_key: str) -> None:
@@ -71,12 +75,14 @@ def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: di
     return trainer.strategy.root_device
 
 
-def prepare(cfg: DictConfig, split: str | None = None) -> tuple[Backbone, BenchmarkEvaluator, dict, list[float]]:
-    """Shared by evaluate and submit: validated config -> backbone, evaluator, trainer kwargs, alphas."""
+def prepare(cfg: DictConfig, split: str | None = None, missing_policy: str = "error"
+            ) -> tuple[Backbone, BenchmarkEvaluator, dict, list[float]]:
+    """Shared by evaluate and submit: validated config -> backbone, evaluator, trainer kwargs, alphas.
+    `missing_policy`: eval.missing_images for an evaluation; a test-server file needs every query ("error")."""
     check_eval_config(cfg)
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     L.seed_everything(cfg.seed, verbose=False)
-    benches = benchmark_splits(cfg.data, split, cfg.eval.fashioniq_captions)
+    benches = benchmark_splits(cfg.data, split, cfg.eval.fashioniq_captions, missing_policy)
     if split is None:  # an evaluation (cir.submit names its split): scores need targets, which a test split hides
         hidden = [f"{b.name}/{b.split}" for b in benches if not b.has_targets]
         require(not hidden, "data.split", "a split with targets (a test split's targets are hidden: python -m "
@@ -130,7 +136,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
         completion.start(cfg.output_dir, made_by)
     with watch_inputs() as inputs:
         pairs = read_pairs(cfg.eval.gap_pairs) if cfg.eval.gap_pairs is not None else None
-        backbone, evaluator, trainer_kwargs, _ = prepare(cfg)
+        backbone, evaluator, trainer_kwargs, _ = prepare(cfg, missing_policy=cfg.eval.missing_images)
     device = encode(evaluator, backbone, trainer_kwargs)
     metrics = evaluator.score(backbone.device)
     if pairs is not None:
@@ -150,6 +156,21 @@ def export_features(cfg: DictConfig, evaluator: BenchmarkEvaluator) -> list[Path
               "methods": [method_key(method, alpha) for method, alpha in evaluator.methods],
               "paper_method": method_key("slerp", paper_alpha(cfg))}
     return [save_features(cfg.output_dir, bench, index, feats, scored) for bench, index, feats in evaluator.features()]
+
+
+def skipped_images(evaluator: BenchmarkEvaluator) -> dict[str, int]:
+    """metrics.json `meta/missing_images/...` entries of the splits evaluated with eval.missing_images=skip."""
+    return {f"meta/{key}/{e.bench.name}/{e.bench.split}": int(e.bench.info[key])
+            for e in evaluator.entries for key in (SKIPPED_IMAGES, SKIPPED_QUERIES) if key in e.bench.info}
+
+
+def skipped_summary(evaluator: BenchmarkEvaluator) -> str | None:
+    """One line on what eval.missing_images=skip left out, None when nothing was."""
+    parts = [f"{e.bench.name}/{e.bench.split} {e.bench.info[SKIPPED_IMAGES]} gallery image(s) removed, "
+             f"{e.bench.info[SKIPPED_QUERIES]} query(ies) dropped" for e in evaluator.entries if SKIPPED_IMAGES in e.bench.info]
+    if not parts:
+        return None
+    return "missing images skipped (eval.missing_images=skip; not comparable with published numbers): " + "; ".join(parts)
 
 
 def reference_summary(evaluator: BenchmarkEvaluator) -> str:
@@ -213,4 +234,5 @@ def run_info(cfg: DictConfig, backbone: Backbone, evaluator: BenchmarkEvaluator)
         **({"meta/fashioniq_captions": cfg.eval.fashioniq_captions} if cfg.data.name == "fashioniq" else {}),
         "meta/paper_method": method_key("slerp", paper_alpha(cfg)),
         **{f"meta/exclude_reference/{name}": excluded for name, excluded in evaluator.excludes_reference().items()},
+        **skipped_images(evaluator),
     }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from cir.data.benchmarks import CIRBenchmark, load_benchmarks, missing_images
+from cir.data.benchmarks import CIRBenchmark, missing_images
+from cir.data.benchmarks.configured import load_configured, without_images
 from cir.schema import PAPER_ALPHA, BenchmarkConfig
 
 
@@ -14,25 +15,23 @@ def paper_alpha(cfg: DictConfig) -> float:
 
 
 def benchmark_splits(
-    bench_cfg: BenchmarkConfig | DictConfig, split: str | None = None, fashioniq_captions: str = "both_orders"
+    bench_cfg: BenchmarkConfig | DictConfig, split: str | None = None, fashioniq_captions: str = "both_orders",
+    missing_policy: str = "error",
 ) -> list[CIRBenchmark]:
     """Load a configured benchmark and check, before encoding, that every image file is there.
-    `fashioniq_captions`: FashionIQ's caption protocol (eval.fashioniq_captions)."""
-    genecis = bench_cfg.genecis
-    options = {
-        "cirr": {"image_root": bench_cfg.image_root},
-        "circo": {"caption_mode": bench_cfg.caption_mode},
-        "fashioniq": {"categories": list(bench_cfg.categories), "captions": fashioniq_captions},
-        "genecis": {"tasks": list(genecis.tasks), "annotations": genecis.annotations,
-                    "coco_images": genecis.coco_images, "vg_images": genecis.vg_images},
-    }.get(bench_cfg.name, {})
-    benches = load_benchmarks(bench_cfg.name, bench_cfg.root, split or bench_cfg.split, **options)
-    for bench in benches:
+    `fashioniq_captions`: FashionIQ's caption protocol (eval.fashioniq_captions). `missing_policy`
+    (eval.missing_images): "error" stops at missing or empty images, naming them; "skip" leaves them out
+    (cir.data.benchmarks.configured.without_images)."""
+    benches = load_configured(bench_cfg, split, fashioniq_captions)
+    for i, bench in enumerate(benches):
         missing = missing_images(bench)
-        if missing:
+        if missing and missing_policy == "skip":
+            benches[i] = without_images(bench, missing)
+        elif missing:
             shown = ", ".join(str(bench.image_path(m)) for m in missing[:3])
             raise FileNotFoundError(
                 f"{bench.name}/{bench.split}: {len(missing)} image file(s) missing or empty under data.root={bench_cfg.root}"
-                f" (e.g. {shown}){'; ' + bench.info['images'] if 'images' in bench.info else ''}"
+                f" (e.g. {shown}){'; ' + bench.info['images'] if 'images' in bench.info else ''}; see all with "
+                "`python -m cir.data.check CONFIG`, or leave them out with eval.missing_images=skip"
             )
     return benches

@@ -105,6 +105,16 @@ def paper_method_metrics(metrics: dict[str, Any]) -> dict[tuple[str, str, str], 
     return found
 
 
+def split_label(metrics: dict[str, Any], split: str) -> str:
+    """The split, marked where eval.missing_images=skip left images out (meta/missing_images/...): such numbers are
+    not comparable with published ones, and a split label no paper has keeps them out of the paper comparison."""
+    counts = {kind: sum(int(v) for k, v in metrics.items() if k.startswith(f"meta/missing_images/{kind}/")
+                        and k.endswith(f"/{split}")) for kind in ("gallery_removed", "queries_dropped")}
+    if not any(counts.values()):
+        return split
+    return f"{split}, {counts['gallery_removed']} images and {counts['queries_dropped']} queries skipped (not comparable)"
+
+
 @dataclass
 class _Evaluation:
     """One metrics.json with its labels, before rows are formed."""
@@ -124,7 +134,7 @@ def _evaluations(path: Path, roots: list[Path]) -> list[_Evaluation]:
     method = labels.get("method") or method_label(str(metrics.get("meta/pretrained", "")))
     by_split: dict[str, dict[tuple[str, str], float | bool]] = {}
     for (benchmark, split, metric), value in paper_method_metrics(metrics).items():
-        by_split.setdefault(split, {})[(benchmark, metric)] = value
+        by_split.setdefault(split_label(metrics, split), {})[(benchmark, metric)] = value
     name = cell["cell"] if cell else ""
     return [_Evaluation(path, (backbone, method, name, split), dict((cell or {}).get("axes", {})),
                         str(metrics.get("meta/fingerprint", "")), values) for split, values in by_split.items()]
