@@ -163,3 +163,30 @@ def test_a_call_ended_by_a_signal_fails_and_names_the_signal():
         run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"])
     assert exit_text(failed.value.returncode) == "SIGTERM (status -15)"
     assert exit_text(143) == "SIGTERM (status 143)" and exit_text(2) == "status 2" and exit_text(1) == "status 1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_sigterm_to_a_real_grid_stops_its_running_call_and_exits_143(tmp_path):
+    """`python -m cir.grid` with one long synth stage: SIGTERM (what `kill` and `timeout` send) once the stage runs."""
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(f"task: grid\nname: stop\noutput_dir: {tmp_path / 'grid'}\nstages:\n  bench:\n    cli: synth\n"
+                         f"    config: {experiments / 'demo_synth.yaml'}\n    overrides:\n"
+                         "      synth.pretrain_samples: 1000000\n")
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        grid = subprocess.Popen([sys.executable, "-m", "cir.grid", str(grid_file)], stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    try:
+        children = Path(f"/proc/{grid.pid}/task/{grid.pid}/children")
+        wait_for(lambda: grid.poll() is not None or children.read_text().split(), "the grid started its call", 120)
+        grid.send_signal(signal.SIGTERM)
+        grid.wait(timeout=120)
+    finally:
+        if grid.poll() is None:
+            grid.kill()
+    err = log.read_text()
+    assert grid.returncode == 143, err
+    assert "cir.grid: SIGTERM: passing it to the running call (pid " in err
+    assert "ended with SIGTERM (status " in err and "stopped by SIGTERM before its outputs were complete" in err

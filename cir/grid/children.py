@@ -19,13 +19,15 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from cir.signals import Stopped
+from cir.signals import STOP_SIGNALS, Stopped
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _end_with_parent(parent: int) -> None:
-    """In the child before exec: SIGTERM when the grid dies (Linux; elsewhere nothing)."""
+def _in_child(parent: int, mask: set[signal.Signals]) -> None:
+    """In the child before exec: the grid's signal mask as it was before the start, and SIGTERM when the grid dies
+    (Linux; elsewhere nothing)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -41,12 +43,18 @@ def exit_text(code: int) -> str:
 
 def run_child(command: Sequence[str]) -> None:
     """Run `command` to its end; CalledProcessError when it fails or a signal ended it."""
-    parent = os.getpid()
-    child = subprocess.Popen(list(command), start_new_session=True, preexec_fn=lambda: _end_with_parent(parent))
+    parent, child = os.getpid(), None
+    # a signal while the child starts waits until `child` is set, so that no child outlives its grid unsignalled
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        try:
+            child = subprocess.Popen(list(command), start_new_session=True, preexec_fn=lambda: _in_child(parent, mask))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         code = child.wait()
     except Stopped as err:
-        _stop(child, command, err)
+        if child is not None:
+            _stop(child, command, err)
         raise
     if code != 0:
         raise subprocess.CalledProcessError(code, list(command))
