@@ -99,7 +99,7 @@ def test_more_steps_after_an_epoch_max_steps_stopped_are_refused_and_more_epochs
     final = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert final["global_step"] == 2 and final["epoch"] == 1  # Lightning counts the stopped epoch as finished
     # so the data resumes where Lightning's loops do: the next epoch's first batch
-    assert final["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 0}]
+    assert final["ImageTextDataModule"] == {"epoch": 1, "batches": 0}
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
         run_cli(fit.main, [*args, "trainer.max_steps=4"])

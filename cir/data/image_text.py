@@ -21,7 +21,7 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
     Its checkpoint state is where training stands in the data (`training_position`): Lightning restores a
     DataModule before it first asks for the training loader, which it may do before it restores the loops (to
     count the steps of an epoch for the LR schedule: trainer.estimated_stepping_batches), too early for the
-    loader's own state (ResumableLoader) to reach it; a resumed run would then start the epoch afresh.
+    loader's own state (as checkpoints written before hold it: ResumableLoader) to reach it.
     """
 
     def __init__(
@@ -80,10 +80,7 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         if getattr(self.image_transform, "decode", "cpu") == "cuda" and not pin:
             raise ConfigError("config key `data.decode`: cuda decodes on the training GPU, and this run trains on "
                               f"{self.trainer.strategy.root_device if self.trainer else 'no trainer'}; use data.decode=cpu")
-        loader = image_text_loader(pipeline, self.num_workers, pin_memory=pin)
-        if self.trainer is not None:
-            loader.position = self.training_position
-        return loader
+        return image_text_loader(pipeline, self.num_workers, pin_memory=pin)
 
     def training_position(self) -> tuple[int, int]:
         """(epoch, batches of it trained): where a run resumed from a checkpoint saved now picks up the data.

@@ -186,24 +186,19 @@ def _pin_rank(rank: int, world_size: int, worker_id: int) -> None:
 
 
 class ResumableLoader(wds.WebLoader):
-    """A WebLoader whose place in training Lightning checkpoints and restores (its `_Stateful` protocol).
+    """A WebLoader that takes a place in training from checkpoints written before the DataModule carried it.
 
-    `position` says how far training got: (epoch, batches of it trained on this
-    rank). The loader cannot tell by itself: Lightning fetches batches ahead of
-    the step that trains on them. Lightning saves rank 0's position (every rank
-    has the same batch count), and hands it back before the loader's first epoch.
+    Where training stands in the data now travels in ImageTextDataModule's own checkpoint state (Lightning
+    may build this loader before it restores the loops, too late for a loader's state); an older checkpoint
+    holds it as this loader's state (Lightning's `_Stateful` protocol), which `load_state_dict` still applies.
     """
 
     def __init__(self, pipeline: ImageTextPipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
         self.image_text_pipeline = pipeline
-        self.position: Callable[[], tuple[int, int]] | None = None
 
     def state_dict(self) -> dict[str, int]:
-        if self.position is None:
-            return {}
-        epoch, batches = self.position()
-        return {"epoch": epoch, "batches": batches}
+        return {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:
