@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -90,10 +91,12 @@ class GracefulInterruption(L.Callback):
             signal.signal(signum, self._on_signal)
         cluster = getattr(trainer.strategy, "cluster_environment", None)
         log.info(
-            "rank %d of world size %d (node %d, local rank %d), cluster environment %s, from global step %d; "
+            "rank %d of world size %d (node %d %s, local rank %d), cluster environment %s%s, from global step %d; "
             "on %s: save %s and stop%s",
-            trainer.global_rank, trainer.world_size, trainer.node_rank, trainer.local_rank,
-            type(cluster).__name__ if cluster is not None else "none", trainer.global_step,
+            trainer.global_rank, trainer.world_size, trainer.node_rank, socket.gethostname(), trainer.local_rank,
+            type(cluster).__name__ if cluster is not None else "none",
+            f" (ranks meet at {cluster.main_address}:{cluster.main_port})" if trainer.world_size > 1 else "",
+            trainer.global_step,
             "/".join(signal.Signals(s).name for s in signals) or "no signal", self.checkpoint_path,
             f" (SIGUSR1 also requeues SLURM job {slurm_job_id()})" if REQUEUE_SIGNAL in signals else "",
         )

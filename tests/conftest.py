@@ -135,7 +135,7 @@ def write_image_text_shards(root: Path, num_shards: int = 4, per_shard: int = 16
     return str(root / f"train-{{000000..{num_shards - 1:06d}}}.tar")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shard_writer() -> Callable[..., str]:
     """write_image_text_shards, for tests that need other sizes (test modules cannot import this conftest by name:
     pytest imports several modules called conftest)."""

@@ -1,11 +1,13 @@
-"""`slurm_cluster`: a real one-node SLURM cluster for the session (packages installed if missing)."""
+"""`slurm_cluster`: a real one-node SLURM cluster for the session (packages installed if missing);
+`two_nodes`: a real two-node one, each node in its own namespaces (namespaces.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_packages
+from namespaces import NamespaceSlurm, NamespacesUnavailable, check_namespaces
+from slurm_cluster import LocalSlurm, SlurmUnavailable, ensure_packages, running
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +21,20 @@ def slurm_packages() -> None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(slurm_packages: None) -> Iterator[LocalSlurm]:
-    cluster = LocalSlurm()
-    try:
-        cluster.start()
+    with running(LocalSlurm()) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_namespaces(slurm_packages: None) -> None:
+    """Skips, with the reason, where this machine does not let us make network namespaces."""
+    try:
+        check_namespaces()
+    except NamespacesUnavailable as err:
+        pytest.skip(f"no two-node cluster: {err}")
+
+
+@pytest.fixture(scope="session")
+def two_nodes(slurm_namespaces: None) -> Iterator[NamespaceSlurm]:
+    with running(NamespaceSlurm()) as cluster:
+        yield cluster

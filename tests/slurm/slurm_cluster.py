@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
@@ -28,7 +28,7 @@ CPUS = 2
 
 SLURM_CONF = """\
 ClusterName=cirtest
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={ctl_host}({ctl_addr})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -37,11 +37,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 PlugStackConfig={root}/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -56,8 +56,8 @@ SwitchType=switch/none
 SchedulerType=sched/builtin
 ReturnToService=2
 KillWait=10
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+PartitionName=test Nodes={node_names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -110,14 +110,39 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def wait_or_kill(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Wait for a process we asked to end; kill it when it takes longer than `timeout` s."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def running(cluster: LocalSlurm) -> Iterator[LocalSlurm]:
+    """The cluster started, and stopped on the way out whatever happened."""
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 class LocalSlurm:
-    """munged + slurmctld + slurmd on this host, as node `host` with CPUS CPUs in partition `test`."""
+    """munged + slurmctld + one slurmd per node, each node with CPUS CPUs, all in partition `test`.
+
+    Here a single node: this host, at 127.0.0.1. `NamespaceSlurm` (namespaces.py) overrides
+    `prepare`, `enter` and `teardown` to give each node its own namespaces and address.
+    """
 
     def __init__(self) -> None:
         # munged wants every folder above its socket searchable by all: not so under pytest's 0700 tmp_path
         self.root = Path(tempfile.mkdtemp(prefix="cir-slurm-"))
         self.root.chmod(0o755)
-        self.host = socket.gethostname().split(".")[0]
+        host = socket.gethostname().split(".")[0]
+        self.controller = (host, "127.0.0.1")
+        self.nodes = [(host, "127.0.0.1")]
         self.conf = self.root / "slurm.conf"
         # clients and jobs: this cluster's config, and the Python that runs the tests first on PATH
         self.env = {**os.environ, "SLURM_CONF": str(self.conf),
@@ -125,7 +150,7 @@ class LocalSlurm:
         self.daemons: list[subprocess.Popen] = []
 
     def write_config(self) -> None:
-        for sub in ("state", "spool", "munge"):
+        for sub in ("state", "munge", *(f"spool-{name}" for name, _ in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # munged insists on a socket folder only its owner can write and a key only its owner can read
         (self.root / "munge").chmod(0o755)
@@ -135,28 +160,42 @@ class LocalSlurm:
         (self.root / "plugstack.conf").write_text("")
         ctld_port, slurmd_port = free_ports(2)
         self.conf.write_text(SLURM_CONF.format(
-            host=self.host, root=self.root, munge_socket=self.root / "munge" / "munge.socket",
-            ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=CPUS,
+            ctl_host=self.controller[0], ctl_addr=self.controller[1], root=self.root,
+            munge_socket=self.root / "munge" / "munge.socket", ctld_port=ctld_port, slurmd_port=slurmd_port,
+            node_lines="\n".join(f"NodeName={name} NodeAddr={addr} CPUs={CPUS} State=UNKNOWN" for name, addr in self.nodes),
+            node_names=",".join(name for name, _ in self.nodes),
         ))
 
-    def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.root / f"{name}.out", "w")
-        self.daemons.append(subprocess.Popen([name, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+    def prepare(self) -> None:
+        """Whatever the nodes need before their daemons start (here: nothing, they are this host)."""
+
+    def enter(self, host: str) -> list[str]:
+        """The command prefix that runs a daemon on `host` (here: none, every host is this one)."""
+        return []
+
+    def teardown(self) -> None:
+        """Undo `prepare`, once the daemons are stopped."""
+
+    def _spawn(self, label: str, *cmd: str) -> None:
+        log = open(self.root / f"{label}.out", "w")
+        self.daemons.append(subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                              start_new_session=True))
         log.close()
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the daemons (in the foreground, as our children) and wait until the node is idle."""
+        """Start the daemons (in the foreground, as our children) and wait until every node is idle."""
         self.write_config()
         munge_socket = self.root / "munge" / "munge.socket"
-        self._spawn("munged", "-F", f"--key-file={self.root / 'munge.key'}", f"--socket={munge_socket}",
+        self._spawn("munged", "munged", "-F", f"--key-file={self.root / 'munge.key'}", f"--socket={munge_socket}",
                     f"--pid-file={self.root / 'munged.pid'}", f"--seed-file={self.root / 'munged.seed'}")
         try:
+            self.prepare()
             wait_for(lambda: munge_socket.exists() or self._died(), timeout, "munged's socket")
             if not self._died():
-                self._spawn("slurmctld", "-D", "-c", "-f", str(self.conf))
-                self._spawn("slurmd", "-D", "-f", str(self.conf), "-N", self.host)
-                wait_for(lambda: self._died() or self.node_state() == "idle", timeout, f"node {self.host} to be idle")
+                self._spawn("slurmctld", *self.enter(self.controller[0]), "slurmctld", "-D", "-c", "-f", str(self.conf))
+                for name, _ in self.nodes:
+                    self._spawn(f"slurmd-{name}", *self.enter(name), "slurmd", "-D", "-f", str(self.conf), "-N", name)
+                wait_for(lambda: self._died() or self.idle(), timeout, "every node to be idle")
         except TimeoutError as err:
             raise RuntimeError(f"{err}\n{self.logs()}") from None
         if self._died():
@@ -165,9 +204,14 @@ class LocalSlurm:
     def _died(self) -> bool:
         return any(p.poll() is not None for p in self.daemons)
 
-    def node_state(self) -> str:
-        result = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
-        return result.stdout.strip() if result.returncode == 0 else ""
+    def node_states(self) -> dict[str, str]:
+        """Each node's state as sinfo says it (idle, allocated, mixed, down, ...); empty when slurmctld does not answer."""
+        result = self.run("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+        return dict(line.split() for line in result.stdout.splitlines()) if result.returncode == 0 else {}
+
+    def idle(self) -> bool:
+        states = self.node_states()
+        return len(states) == len(self.nodes) and set(states.values()) == {"idle"}
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=60)
@@ -184,32 +228,34 @@ class LocalSlurm:
         """The job's steps slurmctld still knows (a requeued job's old steps linger while slurmd tears them down)."""
         return self.run("squeue", "-h", "-s", "-j", str(job_id), "-o", "%i", check=False).stdout.split()
 
-    def jobs(self) -> list[int]:
-        return [int(j) for j in self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()]
+    def jobs(self) -> list[str]:
+        """Queued and running jobs as squeue names them (`7`, or `8_[0-1]` for an array's pending tasks)."""
+        return self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
 
     def logs(self) -> str:
         parts = []
-        for name in ("munged.out", "slurmctld.out", "slurmd.out", "slurmctld.log", "slurmd.log"):
-            path = self.root / name
-            if path.is_file():
-                parts.append(f"--- {name}\n{path.read_text(errors='replace')[-3000:]}")
+        for path in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log")):
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
         return "\n".join(parts)
 
     def stop(self) -> None:
         """Cancel what is left of our jobs, end the daemons we started (slurmd, slurmctld, munged), remove the folder."""
-        if not self._died():
-            jobs = self.jobs()
-            if jobs:
-                self.run("scancel", *map(str, jobs), check=False)
-                with contextlib.suppress(TimeoutError):
-                    wait_for(lambda: not self.jobs(), 30, "cancelled jobs to end")
+        try:
+            self.cancel_jobs()
+        finally:
+            self.stop_daemons()
+
+    def cancel_jobs(self) -> None:
+        if not self._died() and self.jobs():
+            self.run("scancel", "--partition=test", check=False)  # every job of this cluster, array tasks too
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: not self.jobs(), 30, "cancelled jobs to end")
+
+    def stop_daemons(self) -> None:
         for proc in reversed(self.daemons):
             if proc.poll() is None:
                 proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            wait_or_kill(proc)
         self.daemons.clear()
+        self.teardown()
         shutil.rmtree(self.root, ignore_errors=True)
