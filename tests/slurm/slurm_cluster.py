@@ -1,10 +1,11 @@
-"""A one-node SLURM cluster for tests: munged, slurmctld and slurmd run from a temporary folder.
+"""A SLURM cluster for tests: munged, slurmctld and slurmd run from a temporary folder; one node here (this host),
+two in namespaces.py.
 
 Everything the daemons write (config, state, spool, logs, munge key and socket) lives
 under one temporary folder, removed at the end. They run in the foreground as children
 of the test process, so `stop()` ends exactly the processes `start()` made; SLURM_CONF
 in `env` points the client commands (sbatch, scontrol, squeue) at this cluster only.
-The node has CPUS CPUs whatever the hardware (SlurmdParameters=config_overrides).
+Each node has CPUS CPUs whatever the hardware (SlurmdParameters=config_overrides).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def test_a_rank_killed_on_one_node_ends_the_job_naming_node_and_rank_and_the_rer
     pid = rank_process(job.id, 1)
     assert pid is not None and two_nodes.node_of(pid) == "cir-n2"
     os.kill(pid, signal.SIGKILL)
-    assert job.wait_end(60) == "FAILED"
+    assert job.wait_end(120) == "FAILED"  # bounded: srun ends the other rank (--kill-on-bad-exit, KillWait=10)
     log = job.output()
     assert "srun: error: cir-n2: task 1: Killed" in log, log[-4000:]
     assert not (out / "run.json").exists() and not (out / "export.pt").exists()
