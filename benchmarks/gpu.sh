@@ -5,6 +5,7 @@
 # 1. the machine: GPU, driver, torch / CUDA versions           -> OUT/environment.txt
 # 2. correctness on CUDA: pytest -m cuda tests/cuda            -> OUT/cuda-tests.log, OUT/cuda-tests.xml
 # 3. throughput, MFU, largest batch, data path, evaluation     -> OUT/gpu.json, OUT/gpu.md (table to paste), OUT/gpu.log
+# 4. data.decode=cuda: device decode speed and pixels vs CPU   -> OUT/device_decode.json, OUT/device_decode.log (~1 min)
 #    (OUT/gpu.json.partial holds the parts finished so far if the time limit cuts the run short)
 # Expected on one H100/H200 (estimates, not measured yet): 1. 5 s; 2. ~2 min; 3. ~7 min (step ViT-B-32 ~1 min and
 # ViT-L-14 ~2 min incl. torch.compile, largest batch ~1.5 min, loader ~1 min, evaluation ~2 min): ~9 min, plus the
@@ -39,4 +40,9 @@ echo "== throughput, MFU, largest batch, data path, evaluation"
 timeout 450 python benchmarks/bench_gpu.py "${smoke[@]}" --json "$out/gpu.json" --markdown "$out/gpu.md" 2>&1 | tee "$out/gpu.log"
 bench_rc=${PIPESTATUS[0]}
 echo "benchmark exit code: $bench_rc; total $(( $(date +%s) - began )) s" | tee -a "$out/gpu.log"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+
+echo "== data.decode=cuda: batch decode + crop + resize on the device vs the CPU path (issue 33)"
+timeout 120 python benchmarks/bench_device_decode.py "${smoke[@]}" --json "$out/device_decode.json" 2>&1 | tee "$out/device_decode.log"
+decode_rc=${PIPESTATUS[0]}
+echo "device decode exit code: $decode_rc; total $(( $(date +%s) - began )) s" | tee -a "$out/device_decode.log"
+exit $(( tests_rc != 0 || bench_rc != 0 || decode_rc != 0 ))

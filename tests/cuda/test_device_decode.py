@@ -16,7 +16,8 @@ from cir.data.sample_rng import sample_seed, seeded
 from cir.data.transforms import stack_images, uint8_version
 from cir.models import create_backbone, train_transform
 
-# Tolerances on the GPU (not measured yet: the first GPU run of benchmarks/gpu.sh reports them in its log).
+# Tolerances on the GPU, not measured yet: benchmarks/bench_device_decode.py (step 4 of benchmarks/gpu.sh) reports the
+# largest and mean difference on photos; tighten these to what the first GPU run shows.
 MAX_GREY_LEVELS = 12
 MEAN_GREY_LEVELS = 1.0
 

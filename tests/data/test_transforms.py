@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,22 @@ def test_stack_keeps_channels_last_images_channels_last():
     assert batch.is_contiguous(memory_format=torch.channels_last)
     floats = [torch.rand(3, 4, 4) for _ in range(2)]
     assert torch.equal(stack_images(floats), torch.stack(floats))
+
+
+def test_images_torchcodec_does_not_take_here_go_through_pil_and_are_counted_per_format():
+    from cir.data import transforms
+
+    transforms.PIL_DECODES.clear()
+    png = io.BytesIO()
+    photo_like(4, 30, 20).save(png, format="PNG")
+    for data in (jpeg(photo_like(5, 30, 20)), png.getvalue(), png.getvalue(), jpeg(photo_like(6, 30, 20).convert("CMYK"))):
+        decode_rgb(data)
+    assert dict(transforms.PIL_DECODES) == {"PNG RGB": 2, "JPEG CMYK": 1}
+
+
+def test_no_module_decodes_through_torchvision():
+    """torchvision's image decoding is deprecated (0.29) in favour of TorchCodec."""
+    import cir
+
+    users = [path for path in Path(cir.__file__).parent.rglob("*.py") if "torchvision.io" in path.read_text()]
+    assert users == []
