@@ -35,7 +35,6 @@ from cir.data.benchmarks.configured import load_configured
 from cir.data.benchmarks.fashioniq import FASHIONIQ_LAYOUT
 from cir.data.benchmarks.genecis import GENECIS_LAYOUT
 from cir.data.embed_text import load_text_embedding_meta
-from cir.data.images import load_rgb
 from cir.data.inputs import watch_inputs
 from cir.data.samples import SKIP_REASONS
 from cir.data.shard_sizes import count_samples, local_path
@@ -104,15 +103,17 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _image_state(path: Path | None, decode: bool) -> str:
-    """present | missing | empty | unreadable, as evaluation would find the file."""
+def _image_state(bench: CIRBenchmark, image_id: str, decode: bool) -> str:
+    """present | missing | empty | unreadable, as evaluation would find the image (read by the benchmark's own
+    load_image: the file as RGB, cropped where the benchmark crops)."""
+    path = bench.image_paths.get(image_id)
     if path is None or not path.is_file():
         return "missing"
     if path.stat().st_size == 0:
         return "empty"
     if decode:
         try:
-            load_rgb(path)
+            bench.load_image(image_id)
         except Exception:  # whatever PIL raises on a file it cannot decode, the run would stop on it
             return "unreadable"
     return "present"
@@ -125,7 +126,7 @@ def check_images(bench: CIRBenchmark, report: SplitReport, decode: bool) -> None
         needed.update(dict.fromkeys((query.reference, *query.targets, *query.subset)))
     paths = [bench.image_paths.get(image_id) for image_id in needed]
     with ThreadPoolExecutor(max_workers=8) as pool:  # PIL decodes with the GIL released
-        states = list(pool.map(lambda p: _image_state(p, decode), paths))
+        states = list(pool.map(lambda image_id: _image_state(bench, image_id, decode), needed))
     report.images = len(paths)
     for image_id, path, state in zip(needed, paths, states):
         name = _relative(path, Path(report.root)) if path is not None else image_id
