@@ -67,8 +67,8 @@ def describe(holder: dict[str, Any]) -> str:
 class RunLock:
     """`with RunLock(out):` holds output_dir for this process; creating the lock also proves the folder writable.
 
-    `what` names the holder kind in the refusal: a training run, an evaluation, a grid (cir.grid locks its folder,
-    so two grids on one folder never run the same calls twice).
+    `what` is the holder's kind, recorded beside the lock and named in a refusal: a training run, an evaluation, a
+    grid (cir.grid locks its folder, so two grids on one folder never run the same calls twice).
     """
 
     def __init__(self, out: str | Path, what: str = "run") -> None:
@@ -87,13 +87,13 @@ class RunLock:
             holder = self.read_holder()
             reason = stale_reason(holder, me)
             if reason is None:
-                raise RunLockedError(f"config key `output_dir`: {self.out} is in use by another {self.what} "
-                                     f"({describe(holder)}); wait for it to end, stop it, or choose another output_dir"
-                                     ) from None
+                raise RunLockedError(f"config key `output_dir`: {self.out} is in use by another "
+                                     f"{holder.get('what', 'run')} ({describe(holder)}); wait for it to end, stop it, "
+                                     "or choose another output_dir") from None
             log.warning("taking over the lock on %s from %s", self.out, reason)
         except OSError as err:
             raise ConfigError(f"config key `output_dir`: cannot write to {self.out}: {err.strerror or err}") from None
-        write_json(self.holder_path, me)
+        write_json(self.holder_path, {**me, "what": self.what})
 
     def read_holder(self) -> dict[str, Any]:
         try:

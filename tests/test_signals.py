@@ -80,7 +80,7 @@ def test_an_evaluation_into_a_folder_another_holds_stops_before_any_model(cirr_r
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr("cir.eval.run.create_backbone", sigterm_self)
-        with pytest.raises(RunLockedError, match=rf"`output_dir`: {out} is in use by another evaluation \(pid {holder.pid} "):
+        with pytest.raises(RunLockedError, match=rf"`output_dir`: {out} is in use by another run \(pid {holder.pid} "):
             evaluate.main(None, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
     finally:
         holder.kill()
