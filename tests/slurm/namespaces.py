@@ -8,8 +8,8 @@ Each namespace is held by a `cat` reading a pipe from the test process (`unshare
 with their processes: when `stop()` ends them, or when the test process dies and the pipe
 closes. The machine's own network is never touched: every link is made inside the
 controller's namespace, and traffic between the nodes stays on their bridge. Every
-namespace bind-mounts one hosts file over /etc/hosts, so `cir-n1` resolves to a node's
-address only inside the cluster (Lightning's MASTER_ADDR is the first host of
+namespace bind-mounts one hosts file over /etc/hosts (and an nsswitch.conf that looks host
+names up there only), so `cir-n1` resolves to a node's address only inside the cluster (Lightning's MASTER_ADDR is the first host of
 SLURM_NODELIST; gloo binds to the address its host name resolves to). munged runs on the
 machine: its socket is a file, which every network namespace reaches.
 
@@ -75,6 +75,13 @@ class NamespaceSlurm(LocalSlurm):
         """Namespaces, bridge, veths, addresses, host names, hosts file, client wrappers."""
         hosts = self.root / "hosts"
         hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{addr} {name}\n" for name, addr in [self.controller, *self.nodes]))
+        # names from the hosts file only: the namespaces reach no DNS server, and a lookup that waits for one fails
+        # (c10d warned for every reverse lookup of a peer's address) instead of falling back to the number
+        system = Path("/etc/nsswitch.conf")
+        nsswitch = self.root / "nsswitch.conf" if system.is_file() else None
+        if nsswitch is not None:
+            nsswitch.write_text("".join(line for line in system.read_text().splitlines(keepends=True)
+                                        if not line.startswith("hosts:")) + "hosts: files\n")
         for name, addr in [self.controller, *self.nodes]:
             self.holders[name] = subprocess.Popen(["unshare", "--net", "--uts", "--mount", "--propagation", "private", "cat"],
                                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
@@ -84,6 +91,8 @@ class NamespaceSlurm(LocalSlurm):
         for name, addr in [self.controller, *self.nodes]:
             self._in(name, ["--uts"], "hostname", name)
             self._in(name, ["--mount"], "mount", "--bind", str(hosts), "/etc/hosts")
+            if nsswitch is not None:
+                self._in(name, ["--mount"], "mount", "--bind", str(nsswitch), str(system))
             self._ip(name, "link", "set", "lo", "up")
             if name == ctl:
                 continue

@@ -79,6 +79,7 @@ def test_two_nodes_train_as_one_node_does_stop_together_on_usr1_and_resume(inter
         assert sorted(hosts) == ["cir-n1", "cir-n2"]
         assert attempt.count(f"ranks meet at {hosts[0]}:") == 2
     assert f"exact epoch: {SAMPLES} pairs in 4 shards, {SAMPLES // 2} per rank per epoch, 0 left out" in first
+    assert "[c10d]" not in log  # its lookups of the peers' addresses answer from the hosts file, without warnings
     assert sorted(p.name for p in (out / "checkpoints").glob("last*")) == ["last.ckpt"]
     record = json.loads((out / "run.json").read_text())
     assert record["global_step"] == STEPS and record["samples_seen"] == SAMPLES
