@@ -8,11 +8,13 @@ dinov2-style: small override files on top of shared defaults.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import errno
 import inspect
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +126,7 @@ def check_booleans(schema: DictConfig, layer: DictConfig, origin: str, prefix: s
         except OmegaConfBaseException:
             continue  # an unknown key: the merge names it
         value, name = layer._get_node(key), f"{prefix}{key}"
-        if isinstance(value, DictConfig) and isinstance(target, DictConfig):
+        if isinstance(value, DictConfig) and isinstance(target, DictConfig) and not target._is_none():
             check_booleans(target, value, origin, f"{name}.")
         elif isinstance(target, BooleanNode) and isinstance(value._value(), (int, float)) \
                 and not isinstance(value._value(), bool):
@@ -205,22 +207,59 @@ def to_yaml(cfg: DictConfig | ListConfig) -> str:
 FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def run_cli(main: Callable[[str | None, list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """`python -m cir.X CONFIG [key=value ...] [--debug]`: user errors are one line and exit 2; a signal that stops
-    the command ends it with 128 + the signal's number (cir.signals)."""
+def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None, command: str | None = None,
+            prog: str | None = None, options: Callable[[argparse.ArgumentParser], None] | None = None,
+            passthrough: bool = False) -> Any:
+    """`python -m cir.X CONFIG [key=value ...] [--debug]`, parsed by the command's parser (cir.commands: its --help
+    teaches); `options` adds the command's own flags, given to `main` by name; `passthrough` leaves unknown flags
+    in the overrides for a main that parses its own. No arguments at all: usage, exit 2. User errors are one line
+    and exit 2; a signal that stops the command ends it with 128 + the signal's number (cir.signals)."""
+    from cir.commands import BY_MODULE, add_config_arguments, parser_for
+
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    setup_logging(debug)
-    args = [a for a in args if a != "--debug"]
-    if args and args[0] in ("-h", "--help"):
-        print(main.__doc__ or "usage: CONFIG [key=value ...] [--debug]")
-        return
-    path = args[0] if args and "=" not in args[0] else None
-    overrides = args[1:] if path is not None else args
+    module = main.__module__
+    if module == "__main__":  # python -m cir.X: the module's name as imported
+        module = getattr(sys.modules["__main__"].__spec__, "name", module).removesuffix(".__main__")
+    name = command or getattr(BY_MODULE.get(module), "name", None)
+    if name is not None:
+        parser = parser_for(name, prog, sys.modules[main.__module__].__doc__)
+    else:
+        parser = argparse.ArgumentParser(prog=prog, usage="%(prog)s CONFIG [key=value ...] [--debug]",
+                                         description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--debug", action="store_true")
+    add_config_arguments(parser)
+    if options is not None:
+        options(parser)
+    if passthrough:  # the main parses its own flags, in the order given
+        if {"-h", "--help"} & set(args):
+            parser.print_help()
+            raise SystemExit(0)
+        rest = [a for a in args if a != "--debug"]
+        parsed = argparse.Namespace(debug=len(rest) < len(args), config=None, overrides=rest)
+        if rest and not rest[0].startswith("-"):
+            parsed.config, parsed.overrides = rest[0], rest[1:]
+    else:
+        parsed = parser.parse_intermixed_args(args)
+    extra = {k: v for k, v in vars(parsed).items() if k not in ("config", "overrides", "debug")}
+    path, overrides = parsed.config, list(parsed.overrides)
+    if path is not None and "=" in path:
+        path, overrides = None, [path, *overrides]
+    if name is not None and not args:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: CONFIG is required (see --help for the experiment files)", file=sys.stderr)
+        raise SystemExit(2)
+    setup_logging(parsed.debug)
+    with one_line_errors(parsed.debug), stop_on_signals():
+        return main(path, overrides, **extra)
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """A user's error (a config, a missing file, a full disk; `also`: the command's own) as one line and exit 2;
+    with `debug`, or for anything else, the traceback."""
     try:
-        with stop_on_signals():
-            main(path, overrides)
-    except (ConfigError, FileNotFoundError, AnnotationError, DataError, OSError) as err:
+        yield
+    except (ConfigError, FileNotFoundError, AnnotationError, DataError, OSError, *also) as err:
         user_fixes = (not isinstance(err, OSError) or isinstance(err, (FileNotFoundError, UnreadableImage))
                       or err.errno in FILESYSTEM_ERRNOS)
         if debug or not user_fixes:

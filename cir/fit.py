@@ -38,6 +38,10 @@ def main(path: str | None, overrides: list[str]) -> Path | None:
     return out
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None, prog: str | None = None) -> None:
     torch.set_float32_matmul_precision("high")
-    run_cli(main)
+    run_cli(main, argv, "fit", prog)
+
+
+if __name__ == "__main__":
+    cli()

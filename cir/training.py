@@ -32,6 +32,7 @@ from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.models.export import export_model_name
 from cir.preemption import GracefulInterruption
+from cir.progress import display_callbacks
 from cir.resume import ResumedOptimizer, check_extends, check_resume, newest_checkpoint
 from cir.run_lock import RunLock
 from cir.schema import PAPER_ALPHA
@@ -196,7 +197,7 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         trainer_kwargs.setdefault("limit_val_batches", 0)
     out = Path(cfg.output_dir)
     logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=callbacks(cfg, out),
+    trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=[*callbacks(cfg, out), *display_callbacks(trainer_kwargs)],
                         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     resolve_batch_size(cfg, trainer)
     point = newest_checkpoint(out)

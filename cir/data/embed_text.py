@@ -23,7 +23,6 @@ and renamed when complete; rerunning refuses to touch existing outputs unless
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ import torch
 import webdataset as wds
 from tqdm import tqdm
 
+from cir.commands import parser_for
 from cir.data.shard_sizes import write_sizes
 from cir.data.shards import CAPTION_KEY, SkipStats, expand_shard_urls
 from cir.models import Backbone, create_backbone
@@ -212,9 +212,9 @@ def embed_shards(
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(prog="python -m cir.data.embed_text", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = parser_for("embed-text", prog, __doc__)
     parser.add_argument("--shards", required=True, help="input shards: brace pattern, pipe: command or '::'-joined list")
     parser.add_argument("--model", required=True, help="open_clip model name, 'cir-tiny' or a model config JSON")
     parser.add_argument("--pretrained", required=True, help="open_clip pretrained tag, checkpoint path, or 'none'")
@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         backbone = create_backbone(args.model, args.pretrained)
         embed_shards(args.shards, args.out, backbone, batch_size=args.batch_size, device=args.device, key=args.key, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, ValueError) as exn:
+        if args.debug:
+            raise
         parser.error(str(exn))
     return 0
 

@@ -40,6 +40,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from cir.commands import parser_for
 from cir.data.shard_sizes import remove_sizes, write_sizes
 
 log = logging.getLogger(__name__)
@@ -268,9 +269,10 @@ def write_shards(
     return manifest
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cir.data.make_shards", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = parser_for("shards", prog, __doc__)
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, show the traceback")
     common.add_argument("--out", type=Path, required=True, help="output folder")
     common.add_argument("--prefix", default="shard", help="shard name prefix (default: shard)")
     common.add_argument("--maxcount", type=int, default=10_000, help="samples per shard at most (default: 10000)")
@@ -300,9 +302,9 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[Record], int | None, Pat
     return read_cc3m(args.tsv), None, args.image_root, {"format": "cc3m", "tsv": str(args.tsv), "image_root": str(args.image_root)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = _parser()
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     try:
         records, total, image_root, source = _source(args)
@@ -311,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             maxcount=args.maxcount, maxsize=args.maxsize, overwrite=args.overwrite, total=total,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as exn:
+        if args.debug:
+            raise
         parser.error(str(exn))
     return 0
 

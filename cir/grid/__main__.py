@@ -14,6 +14,7 @@ grid on the same folder stops at once, naming the holder.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -24,9 +25,6 @@ from cir.grid.local import run_cells, write_records
 from cir.grid.plan import Grid
 from cir.grid.slurm import Submitter
 from cir.run_lock import RunLock
-
-FLAGS = ("--slurm", "--dry-run")
-
 
 def run_one(grid: Grid, key: str) -> None:
     """One call of one cell, in place of this process (its exit status is the job's)."""
@@ -42,16 +40,17 @@ def run_one(grid: Grid, key: str) -> None:
     os.execv(sys.executable, call.command)
 
 
-def main(path: str | None, overrides: list[str], flags: Sequence[str] = (), only: str | None = None) -> list[str]:
-    """usage: python -m cir.grid CONFIG [key=value ...] [--slurm] [--dry-run] [--debug]"""
+def main(path: str | None, overrides: list[str], slurm: bool = False, dry_run: bool = False,
+         only: str | None = None) -> list[str]:
+    """Runs (or submits, or prints) the grid; returns the failed cells."""
     if path is None:
-        raise ConfigError("usage: python -m cir.grid CONFIG [key=value ...] [--slurm] [--dry-run]")
+        raise ConfigError("usage: python -m cir.grid CONFIG [key=value ...] [--only CELL/STAGE] [--slurm] [--dry-run]")
     grid = Grid(path, overrides)
     if only is not None:
         run_one(grid, only)
-    dry = "--dry-run" in flags
+    dry = dry_run
     with contextlib.nullcontext() if dry else RunLock(grid.root, "grid"):
-        if "--slurm" in flags:
+        if slurm:
             if not dry:
                 write_records(grid)
             failed = Submitter(grid, dry=dry).submit_all()
@@ -59,32 +58,25 @@ def main(path: str | None, overrides: list[str], flags: Sequence[str] = (), only
             failed = run_cells(grid, dry=dry)
     if failed:
         print(f"failed cells ({len(failed)} of {len(grid.cells)}): {', '.join(failed)}", file=sys.stderr)
-    elif not dry and "--slurm" in flags:
+    elif not dry and slurm:
         print(f"all {len(grid.cells)} cells submitted or done: python -m cir.report {grid.root}")
     elif not dry and grid.cfg.report is None:
         print(f"all {len(grid.cells)} cells done: python -m cir.report {grid.root}")
     return failed
 
 
-def cli(argv: Sequence[str]) -> None:
-    args = list(argv)
-    flags = [a for a in args if a in FLAGS]
-    only = None
-    if "--only" in args:
-        at = args.index("--only")
-        only = args[at + 1] if at + 1 < len(args) else ""
-        del args[at : at + 2]
-    failed: list[str] = []
+def options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", metavar="CELL/STAGE", help="run one call of one cell (STAGE alone: a shared "
+                        "stage), in place of this process: what the grid's SLURM jobs run")
+    parser.add_argument("--slurm", action="store_true", help="submit the cells with sbatch (jobs.json in the grid folder)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands (and what is done) instead of running")
 
-    def entry(path: str | None, overrides: list[str]) -> None:
-        failed.extend(main(path, overrides, flags, only))
 
-    entry.__doc__ = main.__doc__
-
-    run_cli(entry, [a for a in args if a not in FLAGS])
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    failed = run_cli(main, argv, "grid", prog, options)
     if failed:
         raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    cli()

@@ -3,7 +3,7 @@
 Reads every metrics.json under the folders (runs, grids, evaluations), one
 row per backbone x method (x grid cell) x split, at the paper's Slerp alpha (two runs that would share a row are
 told apart in a `run` column: their weights, else their folder);
-prints a markdown table and writes it as CSV (default: report.csv in the
+prints a markdown table and writes it to --out: markdown for FILE.md, else CSV (default: report.csv in the
 first folder). With --tensorboard, one run per row with its labels as hparams.
 """
 
@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cir.config import ConfigError
+from cir.commands import parser_for
+from cir.config import ConfigError, one_line_errors
 from cir.io import atomic_write_text
 from cir.report.collect import ReportError, Result, collect
 from cir.report.paper import load_paper_numbers
@@ -50,7 +51,7 @@ def main(folders: Sequence[str], out: str | None = None, tensorboard: str | None
     papers = load_paper_numbers()
     table = markdown(rows, papers)
     target = Path(out) if out else (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.csv"
-    atomic_write_text(target, csv_text(rows, papers))
+    atomic_write_text(target, table + "\n" if target.suffix.lower() == ".md" else csv_text(rows, papers))
     print(table)
     print(f"\n{len(rows)} rows; numbers at the paper's Slerp alpha (percent); (paper P, +D): the paper's value and "
           "ours minus it; (paper: test): the paper reports the test server only; quoted by X: the paper's number as "
@@ -59,35 +60,23 @@ def main(folders: Sequence[str], out: str | None = None, tensorboard: str | None
         print("GeneCIS: the paper reports no GeneCIS numbers, so those columns have no paper value")
     if any(row.run for row in rows):
         print("run: rows with the same labels from different weights (or the same weights scored in different folders)")
-    print(f"csv: {target}")
+    print(f"{'markdown' if target.suffix.lower() == '.md' else 'csv'}: {target}")
     if tensorboard:
         to_tensorboard(rows, Path(tensorboard))
         print(f"tensorboard: tensorboard --logdir {tensorboard}")
     return table
 
 
-def cli(argv: Sequence[str]) -> None:
-    args, options = list(argv), {"--out": None, "--tensorboard": None}
-    debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return
-    for flag in options:
-        if flag in args:
-            at = args.index(flag)
-            if at + 1 >= len(args):
-                raise SystemExit(f"error: {flag} needs a value\n{USAGE}")
-            options[flag] = args.pop(at + 1)
-            args.pop(at)
-    try:
-        main(args, options["--out"], options["--tensorboard"])
-    except (ConfigError, FileNotFoundError, ReportError) as err:
-        if debug:
-            raise
-        print(f"error: {err}\n(rerun with --debug for the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    parser = parser_for("report", prog, __doc__)
+    parser.add_argument("folders", nargs="+", metavar="DIR", help="run, grid or evaluation folders (searched for metrics.json)")
+    parser.add_argument("--out", metavar="FILE", help="FILE.md: the markdown table; FILE.csv (or any other): CSV "
+                        "(default: report.csv in the first folder)")
+    parser.add_argument("--tensorboard", metavar="DIR", help="also one TensorBoard run per row, labels as hparams")
+    args = parser.parse_intermixed_args(argv)
+    with one_line_errors(args.debug, (ReportError,)):
+        main(args.folders, args.out, args.tensorboard)
 
 
 if __name__ == "__main__":
-    cli(sys.argv[1:])
+    cli()

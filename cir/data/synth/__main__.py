@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import fields
 
+from cir.commands import parser_for
 from cir.config import load_config, run_cli
 from cir.data.synth import config
 from cir.data.synth.writer import SynthSizes, generate
@@ -26,17 +26,17 @@ _HELP = {
 
 
 def from_config(path: str | None, overrides: list[str]) -> None:
-    """usage: python -m cir.data.synth CONFIG [key=value ...] [--debug]"""
+    """Generates the benchmark a config describes and prints its manifest."""
     cfg = load_config(config.SynthRunConfig, path, overrides)
     print(json.dumps(config.run(cfg), indent=1))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args and not args[0].startswith("-"):
-        run_cli(from_config, args)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        run_cli(from_config, args, "synth", prog)
         return
-    parser = argparse.ArgumentParser(prog="python -m cir.data.synth", description=__doc__)
+    parser = parser_for("synth", prog, __doc__)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         manifest = generate(args.out, args.seed, progress=not args.quiet, **sizes)
     except ValueError as error:
+        if args.debug:
+            raise
         parser.error(str(error))
     print(json.dumps(manifest, indent=1))
 
