@@ -82,8 +82,10 @@ def test_rerun_skips_every_call(grid_run: Path, synth: Path, capfd) -> None:
 @pytest.mark.slow
 def test_a_failed_cell_is_reported_and_the_others_go_on(grid_run: Path, synth: Path, capfd) -> None:
     broken, after = "anchor-image_lr-0.001", "anchor-image_lr-0.003"
-    (grid_run / broken / "tat" / "export.pt").write_bytes(b"not a checkpoint")
-    (grid_run / broken / "cirr_val" / "metrics.json").unlink()  # its evaluation reruns and cannot load the export
+    export = grid_run / broken / "tat" / "export.pt"
+    # garbage of the export's size: its fit is still done (its completion record checks sizes), while the evaluation
+    # reading it reruns (the export's mtime is part of its fingerprint) and cannot load it
+    export.write_bytes(b"\0" * export.stat().st_size)
     (grid_run / after / "cirr_val" / "metrics.json").unlink()  # the next cell's evaluation reruns after that failure
     with pytest.raises(SystemExit) as exit_info:
         run_grid(tiny_grid_args(synth, grid_run), capfd)
@@ -122,7 +124,7 @@ def test_overrides_reach_the_stages_that_have_the_key_or_the_one_named(tmp_path:
 
 
 def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path, capfd) -> None:
-    cli([str(GRID), f"output_dir={tmp_path / 'g'}", "data.train_shards=s", "data.root=r", "--dry-run"])
+    cli([str(GRID), f"output_dir={tmp_path / 'g'}", "data.train_shards=s", f"data.root={tmp_path}", "--dry-run"])
     out = capfd.readouterr().out
     assert out.count("-m cir.fit ") == 4 and out.count("-m cir.evaluate ") == 4
     assert not (tmp_path / "g").exists()
