@@ -19,9 +19,9 @@ class ModelConfig:
     """A backbone: open_clip name (or config JSON path) + pretrained tag, local checkpoint, or `none`;
     or a BLIP hub id / save_pretrained folder (its weights come with it: pretrained `none`)."""
 
-    name: str = "ViT-L-14"
-    pretrained: str = "openai"
-    cache_dir: str | None = None
+    name: str = "ViT-L-14"  # open_clip model name, a model config JSON path, or a BLIP hub id / folder
+    pretrained: str = "openai"  # open_clip pretrained tag, a local checkpoint or hub folder, or none (random init)
+    cache_dir: str | None = None  # where downloaded weights are cached (null: open_clip's default, the Hugging Face cache)
 
 
 @dataclass
@@ -29,22 +29,22 @@ class GenecisConfig:
     """GeneCIS's tasks and folders (null: the layout under data.root, as the official config.py:
     genecis/<task>.json, coco/val2017, vg/images)."""
 
-    tasks: list[str] = field(default_factory=lambda: ["focus_attribute", "change_attribute", "focus_object", "change_object"])
-    annotations: str | None = None
-    coco_images: str | None = None
-    vg_images: str | None = None
+    tasks: list[str] = field(default_factory=lambda: ["focus_attribute", "change_attribute", "focus_object", "change_object"])  # GeneCIS tasks to score (the four of the benchmark)
+    annotations: str | None = None  # folder of <task>.json (null: <data.root>/genecis)
+    coco_images: str | None = None  # COCO val2017 images (null: <data.root>/coco/val2017)
+    vg_images: str | None = None  # Visual Genome images (null: <data.root>/vg/images)
 
 
 @dataclass
 class BenchmarkConfig:
     """One CIR benchmark split in its official layout."""
 
-    name: str = "cirr"
-    root: str = "data/cirr"
-    split: str = "val"
-    image_root: str | None = None
-    categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])
-    caption_mode: str = "relative"
+    name: str = "cirr"  # benchmark: cirr, circo, fashioniq or genecis
+    root: str = "data/cirr"  # the benchmark's folder in its official layout (data/README.md)
+    split: str = "val"  # split to use (cirr: train, val, test1; circo: val, test; fashioniq: val; genecis: val)
+    image_root: str | None = None  # images folder if not under root (null: the official place under root)
+    categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])  # FashionIQ categories to score
+    caption_mode: str = "relative"  # relative: the modification text as the benchmark gives it
     genecis: GenecisConfig = field(default_factory=GenecisConfig)
 
 
@@ -52,18 +52,18 @@ class BenchmarkConfig:
 class EvalDataConfig(BenchmarkConfig):
     """The benchmark to evaluate plus how to load it (per-device batch of the encoding loaders)."""
 
-    batch_size: int = 64
-    num_workers: int = 4
+    batch_size: int = 64  # per-device batch of the encoding loaders
+    num_workers: Any = "auto"  # DataLoader workers: auto (the CPUs this process may use: SLURM_CPUS_PER_TASK, the affinity mask) or a number
 
 
 @dataclass
 class EvalConfig:
-    alphas: list[float] = field(default_factory=_sweep)
-    paper_alpha: float | None = None
-    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])
-    cache_dir: str | None = "~/.cache/cir/features"
-    examples: int = 8
-    block_size: int = 1024
+    alphas: list[float] = field(default_factory=_sweep)  # Slerp alphas to sweep (metrics.json has each)
+    paper_alpha: float | None = None  # the alpha reported as the paper's (null: the paper's per benchmark: CIRR 0.9, others 0.8)
+    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])  # query compositions to score: image only, text only, sum, slerp
+    cache_dir: str | None = "~/.cache/cir/features"  # gallery feature cache (null: no cache)
+    examples: int = 8  # example queries drawn to TensorBoard with their top results
+    block_size: int = 1024  # queries scored per block (memory bound, not a result)
     # Remove each query's reference image from the candidates? null: the benchmark's official rule
     # (CIRR yes; CIRCO, FashionIQ no: see cir.eval.features.OFFICIAL_EXCLUDE_REFERENCE)
     exclude_reference: bool | None = None
@@ -83,15 +83,15 @@ class EvalConfig:
 class SubmitConfig:
     """Test-server files; the list lengths are the servers' (CIRR 50 and 3, CIRCO 50), not settings."""
 
-    split: str | None = None
-    method: str = "slerp"
-    alpha: float | None = None
+    split: str | None = None  # split to submit (null: the benchmark's test split)
+    method: str = "slerp"  # composition to submit
+    alpha: float | None = None  # Slerp alpha to submit (null: the paper's for the benchmark)
 
 
 @dataclass
 class EvaluateConfig:
-    output_dir: str = "outputs/eval"
-    seed: int = 0
+    output_dir: str = "outputs/eval"  # folder for metrics.json, the plot, config.yaml, TensorBoard
+    seed: int = 0  # random seed
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -104,11 +104,11 @@ class BrowseSettings:
     """The page of `python -m cir.browse`: a second model to compare (null: none), a folder of images as the
     gallery instead of the benchmark split (null: the split), and where the local server listens."""
 
-    compare: ModelConfig | None = None
-    folder: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 7860
-    top_k: int = 10
+    compare: ModelConfig | None = None  # a second model to compare (null: none)
+    folder: str | None = None  # a folder of images as the gallery (null: the benchmark split)
+    host: str = "127.0.0.1"  # address the page listens on
+    port: int = 7860  # port the page listens on
+    top_k: int = 10  # results shown per query
     rank_depth: int = 1000  # target ranks are exact down to this depth, shown as ">1000" past it
 
 
@@ -123,19 +123,19 @@ class BrowseConfig(EvaluateConfig):
 class LoraConfig:
     """peft LoRA on the attention query / value projections (paper: rank 16, alpha 16, dropout 0.1)."""
 
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: int = 16  # LoRA rank
+    alpha: int = 16  # LoRA scaling alpha
+    dropout: float = 0.1  # LoRA dropout
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # attention projections that get LoRA
 
 
 @dataclass
 class FitModelConfig(ModelConfig):
     """`anchor` names the frozen tower: text (TAT), image (LoRA on the text tower) or none (LoRA on both)."""
 
-    anchor: str = "text"
+    anchor: str = "text"  # the frozen tower: text (TAT), image, or none
     lora: LoraConfig = field(default_factory=LoraConfig)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute activations in backward to save memory
     # open_clip's AugmentationCfg for the training transform (scale, ratio, color_jitter, ...); empty: the model's default
     aug_cfg: dict[str, Any] = field(default_factory=dict)
 
@@ -144,15 +144,15 @@ class FitModelConfig(ModelConfig):
 class TrainDataConfig:
     """WebDataset image-text shards (a brace pattern or a list; local paths or `pipe:` commands)."""
 
-    train_shards: Any = None
+    train_shards: Any = None  # WebDataset shards: brace pattern, list, or pipe: commands
     batch_size: int | None = 128          # per device; null to derive it from global_batch_size
     global_batch_size: int | None = None  # over all devices and accumulated batches; must divide evenly
-    num_workers: int = 4
-    samples_per_epoch: int | None = None
+    num_workers: Any = "auto"           # DataLoader workers: auto (the CPUs this process may use: SLURM_CPUS_PER_TASK, the affinity mask) or a number
+    samples_per_epoch: int | None = None  # samples per epoch (null: one pass over the shards)
     resampled: bool = False               # draw shards with replacement, samples_per_epoch a global count (streamed shards)
     exact_epoch: bool = False             # one pass, every pair at most once, all ranks in step (needs sample counts)
-    shuffle_buffer: int = 1000
-    text_embeddings: str | None = None
+    shuffle_buffer: int = 1000  # WebDataset shuffle buffer (samples)
+    text_embeddings: str | None = None  # folder of shards with cached caption embeddings (cir embed-text): no text tower
     decode: str = "cpu"                   # cuda: workers ship JPEG bytes + crop boxes, the GPU decodes (cir.data.device_decode)
 
 
@@ -160,31 +160,31 @@ class TrainDataConfig:
 class OptimConfig:
     """AdamW with linear warmup then cosine decay; temperature fixed at 0.07 unless learned."""
 
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    warmup_steps: int = 100
-    temperature: float = 0.07
-    learn_temperature: bool = False
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 100  # linear warmup steps before the cosine decay
+    temperature: float = 0.07  # contrastive loss temperature (initial value if learned)
+    learn_temperature: bool = False  # learn the temperature
 
 
 @dataclass
 class PeriodicEvalConfig:
     """Zero-shot evaluation run as validation during training (`eval.benchmarks=[]` switches it off)."""
 
-    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
-    alphas: list[float] = field(default_factory=_sweep)
-    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])
-    batch_size: int = 64
-    num_workers: int = 2
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)  # benchmarks evaluated during training ([]: none)
+    alphas: list[float] = field(default_factory=_sweep)  # as cir.evaluate's eval.alphas
+    methods: list[str] = field(default_factory=lambda: ["image", "text", "sum", "slerp"])  # as cir.evaluate's eval.methods
+    batch_size: int = 64  # per-device batch of the evaluation loaders
+    num_workers: int = 2  # DataLoader workers of the evaluation loaders
     exclude_reference: bool | None = None  # as cir.evaluate's eval.exclude_reference (null: official rule)
     fashioniq_captions: str = "both_orders"  # as cir.evaluate's eval.fashioniq_captions
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: int = 500
+    every_n_steps: int = 500  # checkpoint every N optimizer steps (last.ckpt always)
 
 
 @dataclass
@@ -193,7 +193,7 @@ class ResumeConfig:
     model.*, task, trainer.* other than run length and logging) must be listed here to differ from the checkpoint's.
     A name accepts the keys under it (`optim` accepts optim.lr); each change is recorded in run.json."""
 
-    accept_changes: list[str] = field(default_factory=list)
+    accept_changes: list[str] = field(default_factory=list)  # config keys allowed to differ from the checkpoint's on resume
 
 
 @dataclass
@@ -207,21 +207,21 @@ class SupervisedConfig:
     """
 
     train: BenchmarkConfig = field(default_factory=lambda: BenchmarkConfig(split="train"))
-    fusion: str = "slerp"
-    alpha: float = 0.8
-    learn_alpha: bool = True
-    combiner_hidden: int = 1024
-    combiner_dropout: float = 0.5
+    fusion: str = "slerp"  # query composition: slerp or combiner
+    alpha: float = 0.8  # Slerp alpha (initial if learned)
+    learn_alpha: bool = True  # learn the Slerp alpha
+    combiner_hidden: int = 1024  # combiner hidden width
+    combiner_dropout: float = 0.5  # combiner dropout
 
 
 @dataclass
 class FitConfig:
     """`python -m cir.fit`: the task (tat | supervised) picks the LightningModule."""
 
-    task: str = "tat"
-    output_dir: str = "outputs/fit"
-    init_from: str | None = None
-    seed: int = 0
+    task: str = "tat"  # tat, pretrain or supervised (grid: a grid config)
+    output_dir: str = "outputs/fit"  # run folder: checkpoints, logs, export, run.json; rerun resumes
+    init_from: str | None = None  # weights to start from (a TAT checkpoint or export; supervised)
+    seed: int = 0  # random seed
     model: FitModelConfig = field(default_factory=FitModelConfig)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

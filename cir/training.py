@@ -40,6 +40,7 @@ from cir.slerp import METHODS
 from cir.tasks.base import ContrastiveTask
 from cir.tasks.tat import LORA_TOWERS
 from cir.throughput import ThroughputMonitor
+from cir.workers import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def check_fit_config(cfg: DictConfig) -> None:
             "a per-device batch, or data.global_batch_size to derive it from", None)
     require(cfg.data.global_batch_size is None or cfg.data.global_batch_size > 0, "data.global_batch_size",
             "a positive batch over all devices", cfg.data.global_batch_size)
-    require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
+    resolve_workers(cfg.data.num_workers, "data.num_workers")
     require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
     require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
     require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "0 or more", cfg.optim.warmup_steps)

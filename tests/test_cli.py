@@ -15,7 +15,7 @@ from cir import cli
 from cir.commands import COMMANDS, EXPERIMENTS, experiment_task, experiments_for
 from cir.config import load_config, run_cli
 from cir.keys import field_comments, schema_keys, trainer_keys
-from cir.schema import EvaluateConfig, FitConfig
+from cir.schema import BrowseConfig, EvaluateConfig, FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,9 @@ def test_report_out_md_is_markdown_and_csv_is_csv(tmp_path: Path, capsys) -> Non
     cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.csv")])
     assert (tmp_path / "r.md").read_text().startswith("| backbone | method |")
     assert (tmp_path / "r.csv").read_text().startswith("backbone,method,")
+
+
+@pytest.mark.parametrize("schema", [FitConfig, EvaluateConfig, BrowseConfig])
+def test_every_key_says_what_it_means(schema: type) -> None:
+    """A new field in cir/schema.py needs its comment (on its line or right above it): `cir config --keys` shows it."""
+    assert [k.name for k in schema_keys(schema) if not k.meaning] == []

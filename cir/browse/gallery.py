@@ -23,6 +23,7 @@ from cir.eval.features import FeatureCache, Features
 from cir.eval.run import check_eval_config, encode
 from cir.eval.splits import benchmark_splits
 from cir.models import Backbone, create_backbone
+from cir.workers import resolve_workers
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 FOLDER = "folder"  # the benchmark name a folder gallery is cached under
@@ -99,7 +100,7 @@ def encode_gallery(cfg: DictConfig, backbone: Backbone, bench: CIRBenchmark, lab
         alphas=[],
         cache=FeatureCache(cfg.eval.cache_dir),
         batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=resolve_workers(cfg.data.num_workers, "data.num_workers"),
         exclude_reference=False if bench.name == FOLDER else cfg.eval.exclude_reference,
     )
     check_fits(len(evaluator.entries[0].index.image_ids), backbone.embed_dim, available_memory())

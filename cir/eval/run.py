@@ -35,6 +35,7 @@ from cir.models import Backbone, create_backbone
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS, method_key
 from cir.tasks.zero_shot import ZeroShotEvaluation
+from cir.workers import resolve_workers
 
 MISSING_POLICIES = ("error", "skip")  # eval.missing_images
 EXAMPLE_RANK_DEPTH = 1000  # the example grid names the target's rank down to this depth
@@ -51,7 +52,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.eval.block_size > 0, "eval.block_size", "a positive integer", cfg.eval.block_size)
     require(cfg.eval.examples >= 0, "eval.examples", "0 or more", cfg.eval.examples)
     require(cfg.data.batch_size > 0, "data.batch_size", "a positive integer", cfg.data.batch_size)
-    require(cfg.data.num_workers >= 0, "data.num_workers", "0 or more", cfg.data.num_workers)
+    resolve_workers(cfg.data.num_workers, "data.num_workers")
     check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", cfg.data.genecis.tasks, "data")
     require(cfg.eval.missing_images in MISSING_POLICIES, "eval.missing_images", f"one of {list(MISSING_POLICIES)}",
             cfg.eval.missing_images)
@@ -96,7 +97,7 @@ def prepare(cfg: DictConfig, split: str | None = None, missing_policy: str = "er
         alphas=alphas,
         cache=FeatureCache(cfg.eval.cache_dir),
         batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=resolve_workers(cfg.data.num_workers, "data.num_workers"),
         exclude_reference=cfg.eval.exclude_reference,
     )
     return backbone, evaluator, trainer_kwargs, alphas

@@ -29,6 +29,7 @@ from cir.models import TOWERS, Backbone, create_backbone, merge_lora
 from cir.tasks.base import ContrastiveTask, training_transform
 from cir.tasks.pretrain import ContrastivePretraining
 from cir.tasks.tat import TextAnchoredTuning, prepare_for_tuning
+from cir.workers import resolve_workers
 
 LIGHTNING_SUFFIX = ".ckpt"
 # Checkpoint tasks whose backbone can be rebuilt here: TAT (LoRA, merged on load) and full pretraining.
@@ -192,4 +193,4 @@ def build(cfg: DictConfig) -> tuple[SupervisedTuning, TripletDataModule]:
         raise ConfigError(f"config key `supervised.train`: {err}") from None
     module = SupervisedTuning(OmegaConf.to_container(cfg, resolve=True))
     dataset = TripletDataset(triplets, training_transform(cfg, module.backbone), module.backbone.tokenize)
-    return module, TripletDataModule(dataset, cfg.data.batch_size, cfg.data.num_workers)
+    return module, TripletDataModule(dataset, cfg.data.batch_size, resolve_workers(cfg.data.num_workers, "data.num_workers"))

@@ -20,6 +20,7 @@ from cir.data.shards import SKIP_REASONS, expand_shard_urls
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
 from cir.tasks.base import ContrastiveTask, training_transform
+from cir.workers import resolve_workers
 
 # Which towers get LoRA for each anchor (the anchor itself stays frozen).
 LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
@@ -125,7 +126,7 @@ def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) 
         training_transform(cfg, module.backbone),
         module.backbone.tokenize,
         cfg.data.batch_size,
-        cfg.data.num_workers,
+        resolve_workers(cfg.data.num_workers, "data.num_workers"),
         resampled=cfg.data.resampled,
         exact_epoch=cfg.data.exact_epoch,
         samples_per_epoch=cfg.data.samples_per_epoch,
