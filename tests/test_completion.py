@@ -120,6 +120,23 @@ def test_an_edited_annotation_file_the_run_read_undoes_it(cirr_root, tmp_path) -
     assert completion.why_not_done(tmp_path / "out", completion.fingerprint(cfg)) == f"input {captions} changed"
 
 
+def test_an_image_replaced_in_place_undoes_an_evaluation(tmp_path) -> None:
+    cfg = eval_cfg(tmp_path / "out", "data.root=r")
+    images = [tmp_path / "images" / name for name in ("a.png", "b.png")]
+    for image in images:
+        image.parent.mkdir(exist_ok=True)
+        image.write_bytes(b"png")
+    outputs = [tmp_path / "out" / "metrics.json"]
+    outputs[0].parent.mkdir()
+    outputs[0].write_text("{}")
+    completion.finish(tmp_path / "out", completion.fingerprint(cfg), outputs, images=images)
+    assert completion.why_not_done(tmp_path / "out", completion.fingerprint(cfg)) is None
+    bump(images[1])  # regenerated with the same size: a new mtime
+    assert completion.why_not_done(tmp_path / "out", completion.fingerprint(cfg)) == f"image {images[1]} changed"
+    images[1].unlink()
+    assert completion.why_not_done(tmp_path / "out", completion.fingerprint(cfg)) == f"image {images[1]} changed"
+
+
 @pytest.mark.parametrize("value", ["pipe:curl -s http://example.com/a.tar", ["http://example.com/a.tar"]])
 def test_streamed_shards_are_taken_on_trust(value) -> None:
     assert completion.local_paths(value) == []

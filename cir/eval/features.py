@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from cir import completion
 from cir.data.benchmarks.base import CIRBenchmark
 from cir.data.images import ImageDataset
 from cir.distributed import gather_cat
@@ -215,26 +215,16 @@ class FeatureCollector:
         return table
 
 
-def image_stamp(path: Path) -> str:
-    """`size:mtime_ns` of an image file (`missing` if absent): what the cache key knows of its content. One stat per
-    file (CIRCO's 123,403 images in well under a second on a local disk), no read; README.md, "Feature cache", says
-    when it cannot be trusted."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, preprocess: str) -> str:
     """Weights + preprocessing + dataset + split + exactly which images (path, size, modification time) and texts:
-    any change gives a new entry, so images regenerated or replaced in place are encoded again."""
+    any change gives a new entry, so images regenerated or replaced in place are encoded again. README.md,
+    "Feature cache", says when size and mtime cannot be trusted."""
     h = hashlib.sha256()
     for part in (CACHE_FORMAT, fingerprint, preprocess, bench.name, bench.split, json.dumps(bench.info, sort_keys=True)):
         h.update(str(part).encode() + b"\0")
     h.update("\n".join(index.image_ids).encode() + b"\0")
     paths = [bench.image_path(i) for i in index.image_ids]
-    h.update("\n".join(f"{path}\t{image_stamp(path)}" for path in paths).encode() + b"\0")
+    h.update("\n".join(f"{path}\t{completion.stamp(path)}" for path in paths).encode() + b"\0")
     h.update("\n".join(index.texts).encode())
     return h.hexdigest()[:24]
 

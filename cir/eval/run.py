@@ -145,7 +145,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
         metrics |= gap_metrics(measure_gap(backbone, pairs, cfg.data.batch_size))
     if is_global_zero():
         written = write_outputs(cfg, backbone, evaluator, metrics) + export_features(cfg, evaluator)
-        completion.finish(cfg.output_dir, made_by, written, inputs)
+        images = {e.bench.image_path(i) for e in evaluator.entries for i in e.index.image_ids}
+        completion.finish(cfg.output_dir, made_by, written, inputs, images)
     return metrics, evaluator
 
 
