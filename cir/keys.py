@@ -28,7 +28,10 @@ class Key:
 @cache
 def field_comments(cls: type) -> dict[str, str]:
     """field name -> its comment: the one on its line, else the comment lines right above it (joined)."""
-    source = inspect.getsource(cls)
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # made by make_dataclass (the generator's sizes): no source, no comments
+        return {}
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     comments = {tok.start[0]: tok.string.lstrip("#").strip() for tok in tokens if tok.type == tokenize.COMMENT}
     lines = source.splitlines()
@@ -118,3 +121,38 @@ def trainer_keys(ours: dict[str, Any]) -> list[Key]:
 def format_keys(keys: list[Key]) -> str:
     """One key a line: `name: type = default  # meaning`."""
     return "\n".join(f"{k.name}: {k.type} = {k.default!r}" + (f"  # {k.meaning}" if k.meaning else "") for k in keys)
+
+
+PAGE_SCHEMAS = (("cir fit (task: tat, pretrain, supervised)", "cir.schema:FitConfig"),
+                ("cir evaluate, cir submit (an evaluation config)", "cir.schema:EvaluateConfig"),
+                ("cir browse (an evaluation config plus browse.*)", "cir.schema:BrowseConfig"),
+                ("cir grid (task: grid)", "cir.grid.schema:GridConfig"),
+                ("cir synth (task: synth)", "cir.data.synth.config:SynthRunConfig"))
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def configuration_page() -> str:
+    """docs/configuration.md: every key of every command's config (tests/test_cli.py fails when the page is stale)."""
+    import importlib
+
+    parts = ["# Configuration: every key", "",
+             "Generated from the typed schemas (cir/schema.py and the grid's and generator's) and Lightning's Trainer "
+             "by `python -m cir.keys > docs/configuration.md`; a test fails when this page is stale. "
+             "`cir config CONFIG --keys` prints the same for one config, `cir config CONFIG [key=value ...]` the "
+             "resolved config. Only the keys of `trainer.*` that cir sets are listed here; every argument of "
+             "Lightning's Trainer is accepted (`cir config CONFIG --keys` lists them all).", ""]
+    for title, schema in PAGE_SCHEMAS:
+        module, name = schema.split(":")
+        keys = schema_keys(getattr(importlib.import_module(module), name))
+        parts += [f"## {title}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        parts += [f"| `{k.name}` | {_cell(k.type)} | `{_cell(repr(k.default))}` | {_cell(k.meaning)} |" for k in keys
+                  if not k.name.startswith("trainer.") or "(cir's default)" in k.meaning]
+        parts.append("")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(configuration_page(), end="")

@@ -189,3 +189,16 @@ def test_report_out_md_is_markdown_and_csv_is_csv(tmp_path: Path, capsys) -> Non
 def test_every_key_says_what_it_means(schema: type) -> None:
     """A new field in cir/schema.py needs its comment (on its line or right above it): `cir config --keys` shows it."""
     assert [k.name for k in schema_keys(schema) if not k.meaning] == []
+
+
+def test_configuration_page_is_generated_and_current() -> None:
+    """docs/configuration.md is `python -m cir.keys`'s output: regenerate it when a key changes."""
+    from cir.keys import configuration_page
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == configuration_page(), \
+        "docs/configuration.md is stale: python -m cir.keys > docs/configuration.md"
+
+
+def test_keys_of_a_synth_config_whose_schema_is_generated(capsys) -> None:
+    cli.main(["config", str(EXPERIMENTS / "demo_synth.yaml"), "--keys"])
+    assert "synth.seed: " in capsys.readouterr().out
