@@ -202,3 +202,19 @@ def test_configuration_page_is_generated_and_current() -> None:
 def test_keys_of_a_synth_config_whose_schema_is_generated(capsys) -> None:
     cli.main(["config", str(EXPERIMENTS / "demo_synth.yaml"), "--keys"])
     assert "synth.seed: " in capsys.readouterr().out
+
+
+def test_every_cir_command_in_readme_and_docs_parses_and_its_config_resolves() -> None:
+    """`cir ...` in README.md and docs/*.md: a known command, and a config it names resolves with its overrides."""
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    commands = [m for page in pages for m in re.findall(r"`(cir [^`]+)`", page.read_text())]
+    assert "cir config experiments/tat_vitl.yaml --keys" in commands
+    for text in commands:
+        words = shlex.split(text)
+        if words[1] in ("--help", "COMMAND"):
+            continue
+        assert words[1] in COMMANDS, text
+        if len(words) > 2 and words[2].endswith(".yaml"):
+            cli.resolved(words[2], [w for w in words[3:] if "=" in w and not w.startswith("-")])
