@@ -32,6 +32,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from cir.signals import note as note_stop
+
 log = logging.getLogger(__name__)
 
 REQUEUE_SIGNAL = signal.SIGUSR1
@@ -108,6 +110,7 @@ class GracefulInterruption(L.Callback):
             raise KeyboardInterrupt
         log.warning("received %s: stopping after this training step", signal.Signals(signum).name)
         self.received.add(signum)
+        note_stop(signum)
 
     def agreed(self, trainer: L.Trainer) -> tuple[bool, int]:
         """(requeue, signal) over all ranks: any rank's signal stops them all at the same step."""

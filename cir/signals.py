@@ -23,6 +23,18 @@ from collections.abc import Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_received: list[int] = []  # the stop signals this command received, whichever handler took them
+
+
+def note(signum: int) -> None:
+    """A handler took `signum`: remember a stop signal, so an error it causes later is read as the stop."""
+    if signum in STOP_SIGNALS:
+        _received.append(signum)
+
+
+def received() -> int:
+    """The first stop signal this command received (0: none)."""
+    return _received[0] if _received else 0
 
 
 class Stopped(SystemExit):
@@ -51,6 +63,7 @@ class _Handler:
             os.kill(os.getpid(), signum)
             return
         self.received = self.received or signum
+        note(signum)
         raise Stopped(signum)
 
 
@@ -62,6 +75,7 @@ def stop_on_signals(command: str | None = None) -> Iterator[None]:
         return
     command = command or command_name()
     handler = _Handler()
+    _received.clear()
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield

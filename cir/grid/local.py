@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from cir import signals
 from cir.config import ConfigError
 from cir.grid.children import exit_text
 from cir.grid.plan import CELL_FILE, REPORTS, Grid
 from cir.grid.stages import Stage, decide, run_stages
 from cir.io import write_json
+from cir.signals import Stopped
 
 GRID_FILE = "grid.json"
 FAILURES = (ConfigError, FileNotFoundError, subprocess.CalledProcessError)
@@ -78,6 +80,14 @@ def quiet_logs() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
+def stop_if_signalled(err: Exception) -> None:
+    """An in-process call that failed after the grid received a stop signal (its DataLoader worker died of the same
+    signal) stops the grid with that signal, not just its cell: the grid must not go on to the next cell."""
+    signum = signals.received()
+    if signum:
+        raise Stopped(signum) from err
+
+
 def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False,
               warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> list[str]:
     """The shared stages, then every cell in order; returns the names of the cells that failed (config error or a
@@ -105,6 +115,7 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
         try:
             ran = run_stages(shared, grid.rerun(None), grid.cfg.fresh, echo) if shared else []
         except caught as err:
+            stop_if_signalled(err)
             warn(f"shared stages: FAILED: {failure(err)}")
             return [c.name for c in grid.cells]
         for number, cell in enumerate(grid.cells, 1):
@@ -114,6 +125,7 @@ def run_cells(grid: Grid, echo: Callable[[str], None] = print, dry: bool = False
             try:
                 run_stages(grid.stages(cell), grid.rerun(cell), grid.cfg.fresh, echo, ran=ran, prefix=f"{cell.name}/")
             except caught as err:
+                stop_if_signalled(err)
                 warn(f"cell {cell.name}: FAILED: {failure(err)}")
                 failed.append(cell.name)
         if grid.cfg.report is not None and not failed:

@@ -4,17 +4,20 @@ benchmark, end to end through the real CLIs; reruns skip; one failed cell leaves
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cir import signals
 from cir.config import ConfigError
 from cir.data.synth import generate, shard_urls
 from cir.grid.__main__ import cli
 from cir.grid.local import run_cells
 from cir.grid.plan import Grid
 from cir.grid.stages import InProcessCall
+from cir.signals import Stopped
 
 GRID = Path(__file__).resolve().parents[2] / "experiments" / "grid_demo.yaml"
 CELLS = ["anchor-text_lr-0.001", "anchor-text_lr-0.003", "anchor-image_lr-0.001", "anchor-image_lr-0.003"]
@@ -149,3 +152,25 @@ def test_in_process_any_exception_of_a_call_fails_its_cell_only(tmp_path: Path, 
     assert run_cells(Grid(path, []), lines.append, warn=warnings.append) == ["seed-0"]
     assert ran == ["seed-0", "seed-1"] and "[1/1] seed-1/val: done in 0 s" in lines
     assert warnings == ["cell seed-0: FAILED: RuntimeError: boom (an in-process call; --debug shows the traceback)"]
+
+
+def test_in_process_a_call_failing_after_a_stop_signal_stops_the_grid(tmp_path: Path, monkeypatch) -> None:
+    """A SIGTERM that also killed the fit's DataLoader worker surfaces as the worker's RuntimeError: the grid stops
+    with the signal (exit 143 through cir.signals) instead of failing the cell and going on to the next."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "task": "grid", "output_dir": str(tmp_path / "out"), "in_process": True, "axes": {"seed": [0, 1]},
+        "stages": {"val": {"cli": "evaluate", "config": str(GRID.parent / "demo_eval.yaml"),
+                           "overrides": {"data.root": str(tmp_path)}}}}))
+    ran: list[str] = []
+
+    def run(call: InProcessCall, from_scratch: bool) -> None:
+        ran.append(call.out.parent.name)
+        signals.note(signal.SIGTERM)
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated")
+
+    monkeypatch.setattr(InProcessCall, "run", run)
+    monkeypatch.setattr(signals, "_received", [])
+    with pytest.raises(Stopped) as stopped:
+        run_cells(Grid(path, []), lambda line: None, warn=lambda line: None)
+    assert stopped.value.code == 143 and ran == ["seed-0"]
