@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from webdataset.shardlists import expand_urls
 
 from cir.config import ConfigError, load_config, read_yaml, run_cli
@@ -34,7 +34,7 @@ from cir.data.benchmarks.cirr import CIRR_LAYOUT
 from cir.data.benchmarks.configured import load_configured
 from cir.data.benchmarks.fashioniq import FASHIONIQ_LAYOUT
 from cir.data.benchmarks.genecis import GENECIS_LAYOUT
-from cir.data.embed_text import load_text_embedding_meta
+from cir.data.image_text import train_shards
 from cir.data.inputs import watch_inputs
 from cir.data.samples import SKIP_REASONS
 from cir.data.shard_sizes import count_samples, local_path
@@ -193,16 +193,8 @@ def _no_tokens(texts: list[str]) -> torch.Tensor:
 
 
 def _training_shards(cfg: DictConfig) -> tuple[Any, str | None] | None:
-    """(shards, cached-embedding key) a TAT / pretraining run reads, as cir.tasks.tat.train_shards finds them."""
-    if cfg.task == "supervised":
-        return None
-    if cfg.data.text_embeddings:
-        meta = load_text_embedding_meta(cfg.data.text_embeddings)
-        return list(meta.urls), meta.key
-    shards = cfg.data.train_shards
-    if shards is None or shards == "" or (OmegaConf.is_list(shards) and len(shards) == 0):
-        raise ConfigError("config key `data.train_shards`: expected shard URLs (a brace pattern or a list), got nothing")
-    return (list(shards) if OmegaConf.is_list(shards) else str(shards)), None
+    """(shards, cached-embedding key) a TAT / pretraining run reads, as training finds them; absent shards stay."""
+    return None if cfg.task == "supervised" else train_shards(cfg, expand=False)
 
 
 def load_check_config(path: str | None, overrides: list[str]) -> tuple[DictConfig, bool]:

@@ -8,9 +8,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from cir.config import ConfigError
-from cir.data.shards import image_text_loader, image_text_pipeline
+from cir.data.embed_text import load_text_embedding_meta
+from cir.data.shards import expand_shard_urls, image_text_loader, image_text_pipeline
 from cir.data.transforms import NormaliseOnDevice, Uint8RandomResizedCrop
 from cir.data.validation import ZeroShotValidationData
 
@@ -113,3 +115,21 @@ def device_decoding(transform: Callable) -> Uint8RandomResizedCrop:
         raise ConfigError("config key `data.decode`: cuda covers open_clip's plain random resized crop only, and "
                           "model.aug_cfg asks for more (colour jitter, grayscale, timm); use data.decode=cpu")
     return dataclasses.replace(transform, decode="cuda")
+
+
+def train_shards(cfg: DictConfig, *, expand: bool = True) -> tuple[str | list[str], str | None]:
+    """Shard URLs a TAT or pretraining run reads and the cached-embedding key: embed_text's output when
+    data.text_embeddings is set. `expand=False` leaves absent shards for cir.data.check to report one by one."""
+    if cfg.data.text_embeddings:
+        meta = load_text_embedding_meta(cfg.data.text_embeddings)
+        return list(meta.urls), meta.key
+    shards = cfg.data.train_shards
+    if shards is None or shards == "" or (OmegaConf.is_list(shards) and len(shards) == 0):
+        raise ConfigError("config key `data.train_shards`: expected shard URLs (a brace pattern or a list), got nothing")
+    shards = list(shards) if OmegaConf.is_list(shards) else str(shards)
+    if expand:
+        try:
+            expand_shard_urls(shards)
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"config key `data.train_shards`: {err}") from None
+    return shards, None

@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
-from cir.config import ConfigError
 from cir.data.embed_text import check_backbone_identity, load_text_embedding_meta
-from cir.data.image_text import ImageTextDataModule
-from cir.data.shards import SKIP_REASONS, expand_shard_urls
+from cir.data.image_text import ImageTextDataModule, train_shards
+from cir.data.shards import SKIP_REASONS
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
 from cir.tasks.base import ContrastiveTask, training_transform
@@ -99,22 +98,6 @@ class TextAnchoredTuning(ContrastiveTask):
         self.log_dict({f"train/modality_{k}": v for k, v in gap.items()}, sync_dist=True, batch_size=batch_size)
         totals = {f"data/skipped_{reason}": c for reason, c in zip(SKIP_REASONS, self.skipped_samples.float())}
         self.log_dict(totals, reduce_fx="sum", sync_dist=True, batch_size=batch_size)
-
-
-def train_shards(cfg: DictConfig) -> tuple[str | list[str], str | None]:
-    """Shard URLs and the cached-embedding key: from embed_text's output when data.text_embeddings is set."""
-    if cfg.data.text_embeddings:
-        meta = load_text_embedding_meta(cfg.data.text_embeddings)
-        return list(meta.urls), meta.key
-    shards = cfg.data.train_shards
-    if shards is None or shards == "" or (OmegaConf.is_list(shards) and len(shards) == 0):
-        raise ConfigError("config key `data.train_shards`: expected shard URLs (a brace pattern or a list), got nothing")
-    shards = list(shards) if OmegaConf.is_list(shards) else str(shards)
-    try:
-        expand_shard_urls(shards)
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"config key `data.train_shards`: {err}") from None
-    return shards, None
 
 
 def build(cfg: DictConfig, task: type[TextAnchoredTuning] = TextAnchoredTuning) -> tuple[TextAnchoredTuning, ImageTextDataModule]:
