@@ -133,12 +133,18 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path: Path, capfd) -> 
     assert not (tmp_path / "g").exists()
 
 
-def test_in_process_any_exception_of_a_call_fails_its_cell_only(tmp_path: Path, monkeypatch) -> None:
+def in_process_grid(tmp_path: Path) -> Path:
+    """Two cells (seed 0, 1) of one in-process evaluation stage; the tests replace the call's run."""
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({
         "task": "grid", "output_dir": str(tmp_path / "out"), "in_process": True, "axes": {"seed": [0, 1]},
         "stages": {"val": {"cli": "evaluate", "config": str(GRID.parent / "demo_eval.yaml"),
                            "overrides": {"data.root": str(tmp_path)}}}}))
+    return path
+
+
+def test_in_process_any_exception_of_a_call_fails_its_cell_only(tmp_path: Path, monkeypatch) -> None:
+    path = in_process_grid(tmp_path)
     ran: list[str] = []
 
     def run(call: InProcessCall, from_scratch: bool) -> None:
@@ -157,11 +163,7 @@ def test_in_process_any_exception_of_a_call_fails_its_cell_only(tmp_path: Path, 
 def test_in_process_a_call_failing_after_a_stop_signal_stops_the_grid(tmp_path: Path, monkeypatch) -> None:
     """A SIGTERM that also killed the fit's DataLoader worker surfaces as the worker's RuntimeError: the grid stops
     with the signal (exit 143 through cir.signals) instead of failing the cell and going on to the next."""
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({
-        "task": "grid", "output_dir": str(tmp_path / "out"), "in_process": True, "axes": {"seed": [0, 1]},
-        "stages": {"val": {"cli": "evaluate", "config": str(GRID.parent / "demo_eval.yaml"),
-                           "overrides": {"data.root": str(tmp_path)}}}}))
+    path = in_process_grid(tmp_path)
     ran: list[str] = []
 
     def run(call: InProcessCall, from_scratch: bool) -> None:
