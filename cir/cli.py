@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from cir.commands import COMMANDS, EVAL_TASK, parser_for
+from cir.commands import COMMANDS, EVAL_TASK
 from cir.config import ConfigError, load_config, read_yaml, run_cli, to_yaml
 from cir.keys import format_keys, schema_keys
 

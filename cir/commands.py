@@ -129,7 +129,7 @@ def epilog(command: Command) -> str:
     groups = key_groups(command.schema)
     if groups:
         lines += ["", f"key groups: {', '.join(groups)}",
-                  f"  every key with type, default and meaning: cir config CONFIG --keys"]
+                  "  every key with type, default and meaning: cir config CONFIG --keys"]
     lines += ["", f"more: {DOCS}"]
     return "\n".join(lines)
 

@@ -25,8 +25,8 @@ from typing import Any
 import open_clip
 import torch
 from omegaconf import OmegaConf
-from open_clip.transformer import QuickGELU
 from open_clip.push_to_hf_hub import generate_readme, save_config_for_hf
+from open_clip.transformer import QuickGELU
 
 from cir.config import ConfigError, run_cli
 from cir.models.backbone import Backbone

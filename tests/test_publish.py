@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from cir import evaluate, fit
+from cir import publish as publish_cli
 from cir.config import run_cli
 from cir.models import create_backbone
-from cir import publish as publish_cli
 from cir.models.weight_files import HUB_CONFIG, HUB_WEIGHTS
 
 TINY_FIT = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=16",

@@ -17,10 +17,10 @@ from omegaconf import DictConfig
 
 from cir import completion
 from cir.config import check_kwargs, require, to_yaml
-from cir.data.inputs import watch_inputs
 from cir.data.benchmarks.configured import SKIPPED_IMAGES, SKIPPED_QUERIES
 from cir.data.benchmarks.fashioniq import FASHIONIQ_CAPTIONS
 from cir.data.benchmarks.genecis import GENECIS_TASKS
+from cir.data.inputs import watch_inputs
 from cir.distributed import is_global_zero
 from cir.eval.evaluator import BenchmarkEvaluator
 from cir.eval.export import save_features

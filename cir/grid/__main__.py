@@ -26,6 +26,7 @@ from cir.grid.plan import Grid
 from cir.grid.slurm import Submitter
 from cir.run_lock import RunLock
 
+
 def run_one(grid: Grid, key: str) -> None:
     """One call of one cell, in place of this process (its exit status is the job's)."""
     cell_name, _, stage = key.rpartition("/")

@@ -10,7 +10,6 @@ first folder). With --tensorboard, one run per row with its labels as hparams.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -15,8 +15,8 @@ import webdataset as wds
 from PIL import Image
 
 from cir.data import samples as sample_conversion
-from cir.data.errors import DataError
 from cir.data.epochs import batches_per_rank, epoch_share
+from cir.data.errors import DataError
 from cir.data.samples import NpyReader
 from cir.data.shards import SKIP_REASONS, image_text_loader, image_text_pipeline
 

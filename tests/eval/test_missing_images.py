@@ -4,7 +4,6 @@ and take their queries with them; the metrics then equal numpy's on the reduced 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

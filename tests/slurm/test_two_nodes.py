@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from namespaces import NamespaceSlurm
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tat_job import TatJob, export_weights, rank_reports, tat_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BATCH, SAMPLES, EVERY = 4, 64, 2
 STEPS = SAMPLES // (2 * BATCH)  # one exact epoch of 64 pairs over 2 ranks

@@ -4,7 +4,6 @@ per-query galleries, and the object crop against the official formula (datasets/
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
