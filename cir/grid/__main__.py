@@ -50,7 +50,9 @@ def main(path: str | None, overrides: list[str], slurm: bool = False, dry_run: b
     if only is not None:
         run_one(grid, only)
     dry = dry_run
-    with contextlib.nullcontext() if dry else RunLock(grid.root, "grid"):
+    # a config error in every cell runs nothing: the grid folder is then neither made nor locked
+    nothing_runs = dry or len(grid.check()[1]) == len(grid.cells)
+    with contextlib.nullcontext() if nothing_runs else RunLock(grid.root, "grid"):
         if slurm:
             if not dry:
                 write_records(grid)

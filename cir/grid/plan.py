@@ -114,6 +114,7 @@ class Grid:
         self.common = [self._route(str(k), v, "config key `overrides`") for k, v in common.items()]
         self.cli = [self._route(*o.split("=", 1), "the command line") for o in stage_overrides]
         self.cells = self._cells()
+        self._checked: tuple[list[str], list[str]] | None = None
         self.check_mandatory()
         self.check_rerun()
 
@@ -275,7 +276,13 @@ class Grid:
 
     def check(self) -> tuple[list[str], list[str]]:
         """Every call checked as its CLI checks it, before any runs or is submitted: the one-line failures
-        (`shared stages: FAILED: ...`, `cell C: FAILED: ...`) and the cells they fail (a shared stage's: every cell)."""
+        (`shared stages: FAILED: ...`, `cell C: FAILED: ...`) and the cells they fail (a shared stage's: every cell).
+        Checked once per Grid: cir.grid asks before it locks the folder, the runner or submitter again."""
+        if self._checked is None:
+            self._checked = self._check()
+        return self._checked
+
+    def _check(self) -> tuple[list[str], list[str]]:
         try:
             for stage in self.shared_stages():
                 stage.validate()

@@ -17,6 +17,7 @@ HOLD = ("import sys; from cir.run_lock import RunLock\nwith RunLock(sys.argv[1],
 
 def test_a_second_grid_on_a_folder_in_use_stops_naming_the_holder(tmp_path, capsys):
     root = tmp_path / "grid"
+    (tmp_path / "cirr").mkdir()  # the grid's cells pass their checks: only then does it take its folder's lock
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
