@@ -6,7 +6,7 @@ A slider move asks cir.browse.session.search for one query under each model
 (compose, exact ranking to rank_depth 1000, the query's CIRCO AP@K); letting go
 of the slider also refreshes the disagreement table (every query's target rank
 under both models). Random unit vectors (seeded) stand in for features; they
-are held as cir.eval.features.Features holds cached ones (float32). This
+are held as cir.evaluation.features.Features holds cached ones (float32). This
 script reports absolute latencies, unlike the ratio benchmarks: the target is
 an absolute one (a page that answers a slider move well under a second), and
 the machine's load is printed beside the figures.
@@ -31,8 +31,8 @@ def circo_like_gallery(seed: int, label: str):
     import torch.nn.functional as F
 
     from cir.browse.session import Gallery
-    from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
-    from cir.eval.features import EvalIndex, Features
+    from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark, CIRQuery
+    from cir.evaluation.features import EvalIndex, Features
 
     generator = torch.Generator().manual_seed(0)
     ids = [str(i) for i in range(GALLERY)]

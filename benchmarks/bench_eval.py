@@ -7,7 +7,7 @@ cir-tiny with saved random-init weights, 2 loader workers, no feature cache.
   sweep / single   cir.evaluate's prepare + encode + score, with eval.alphas = 0.0..1.0 (11) vs [0.9];
                    also the whole `cir.evaluate` command (files, plot, TensorBoard) and
                    the scoring alone on fixed features (11 alphas vs 1)
-  encode / plain   cir.eval.run.encode (Lightning validate over the evaluator's loaders) vs a
+  encode / plain   cir.evaluation.run.encode (Lightning validate over the evaluator's loaders) vs a
                    plain inference loop over the same loaders and model filling the same tables
 """
 
@@ -31,9 +31,9 @@ def main() -> int:
 
     from cir import evaluate
     from cir.config import load_config
-    from cir.eval import run
-    from cir.eval.evaluator import BenchmarkEvaluator
-    from cir.eval.features import Features
+    from cir.evaluation import run
+    from cir.evaluation.evaluator import BenchmarkEvaluator
+    from cir.evaluation.features import Features
     from cir.schema import EvaluateConfig
 
     weights = common.saved_backbone("cir-tiny")
@@ -109,7 +109,7 @@ def main() -> int:
         "whole cir.evaluate command, 11 alphas / 1 alpha (median)": common.median_ratio(results["command_sweep"], results["command_single"]),
         "scoring alone on fixed features, 11 alphas / 1 alpha (median)": common.median_ratio(results["scoring_sweep"], results["scoring_single"]),
         "scoring of one alpha / whole single-alpha evaluation (median)": common.median_ratio(results["scoring_single"], results["evaluation_single"]),
-        "encoding items/s, cir.eval.run.encode / plain loop (median)": encode_ratio,
+        "encoding items/s, cir.evaluation.run.encode / plain loop (median)": encode_ratio,
         "queries, gallery images, distinct captions": f"{len(bench.queries)}, {index.n_gallery}, {len(index.texts)}",
         "rounds": args.rounds,
     }

@@ -260,7 +260,7 @@ def loader_part(args, device: str, figures: dict, rates: dict) -> None:
 def eval_part(args, device: str, figures: dict) -> None:
     """`cir.evaluate` on each placeholder benchmark; run.encode is timed from inside for the encoding rate."""
     from cir import evaluate
-    from cir.eval import run
+    from cir.evaluation import run
 
     roots = placeholders.write_benchmarks(common.BENCH_DIR / ("benchmarks-smoke" if args.smoke else "benchmarks-full"), args.smoke)
     encode, timings = run.encode, []

@@ -21,7 +21,7 @@ from cir.keys import format_keys, schema_keys
 
 # An experiment file's `task:` -> the typed config it is read with (a file without `task:` is an evaluation config).
 SCHEMAS = {"tat": "cir.schema:FitConfig", "pretrain": "cir.schema:FitConfig", "supervised": "cir.schema:FitConfig",
-           "grid": "cir.grid.schema:GridConfig", "synth": "cir.data.synth.config:SynthRunConfig",
+           "grid": "cir.grid.spec:GridConfig", "synth": "cir.data.synth.settings:SynthRunConfig",
            EVAL_TASK: "cir.schema:EvaluateConfig"}
 
 

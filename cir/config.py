@@ -22,7 +22,7 @@ import yaml
 from omegaconf import BooleanNode, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cir.data.benchmarks.annotations import AnnotationError
+from cir.data.retrieval_benchmarks.annotations import AnnotationError
 from cir.data.errors import DataError, UnreadableImage
 from cir.logs import setup_logging
 from cir.signals import stop_on_signals

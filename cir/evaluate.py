@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cir.config import load_config, run_cli
 from cir.distributed import is_global_zero
-from cir.eval.report import format_table
-from cir.eval.run import evaluate, reference_summary, skipped_summary
+from cir.evaluation.presentation import format_table
+from cir.evaluation.run import evaluate, reference_summary, skipped_summary
 from cir.run_lock import rank_zero_lock
 from cir.schema import EvaluateConfig
 

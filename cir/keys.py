@@ -126,8 +126,8 @@ def format_keys(keys: list[Key]) -> str:
 PAGE_SCHEMAS = (("cir fit (task: tat, pretrain, supervised)", "cir.schema:FitConfig"),
                 ("cir evaluate, cir submit (an evaluation config)", "cir.schema:EvaluateConfig"),
                 ("cir browse (an evaluation config plus browse.*)", "cir.schema:BrowseConfig"),
-                ("cir grid (task: grid)", "cir.grid.schema:GridConfig"),
-                ("cir synth (task: synth)", "cir.data.synth.config:SynthRunConfig"))
+                ("cir grid (task: grid)", "cir.grid.spec:GridConfig"),
+                ("cir synth (task: synth)", "cir.data.synth.settings:SynthRunConfig"))
 
 
 def _cell(value: Any) -> str:

@@ -65,14 +65,14 @@ class EvalConfig:
     examples: int = 8  # example queries drawn to TensorBoard with their top results
     block_size: int = 1024  # queries scored per block (memory bound, not a result)
     # Remove each query's reference image from the candidates? null: the benchmark's official rule
-    # (CIRR yes; CIRCO, FashionIQ no: see cir.eval.features.OFFICIAL_EXCLUDE_REFERENCE)
+    # (CIRR yes; CIRCO, FashionIQ no: see cir.evaluation.features.OFFICIAL_EXCLUDE_REFERENCE)
     exclude_reference: bool | None = None
     # FashionIQ's two captions: both_orders (SEARLE's zero-shot protocol: "c1 and c2" and "c2 and c1" averaged)
-    # or one_order (CLIP4Cir: "C1 and c2"); see cir.data.benchmarks.fashioniq.FASHIONIQ_CAPTIONS
+    # or one_order (CLIP4Cir: "C1 and c2"); see cir.data.retrieval_benchmarks.fashioniq.FASHIONIQ_CAPTIONS
     fashioniq_captions: str = "both_orders"
     # Write <output_dir>/features/<dataset>-<split>.npz: the features and ids that were scored (README "Outputs")
     save_features: bool = False
-    # A JSONL of image-caption pairs (cir.eval.gap): the model's gap on them -> metrics.json modality_gap/{gap,pair_cosine,pairs}
+    # A JSONL of image-caption pairs (cir.evaluation.gap): the model's gap on them -> metrics.json modality_gap/{gap,pair_cosine,pairs}
     gap_pairs: str | None = None
     # Gallery images missing or empty (0 bytes): error (stop, naming them) or skip (leave them out of the gallery and
     # drop the queries that need them; counted in metrics.json meta, not comparable with published numbers)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from cir.config import ConfigError, load_config, require, run_cli
 from cir.distributed import is_global_zero
-from cir.eval.run import encode, export_features, prepare, reference_summary
-from cir.eval.scoring import ranked_ids, ranked_subset_ids
-from cir.eval.splits import paper_alpha
-from cir.eval.submission import CIRCO_K, CIRR_RECALL_K, write_submission
+from cir.evaluation.run import encode, export_features, prepare, reference_summary
+from cir.evaluation.scoring import ranked_ids, ranked_subset_ids
+from cir.evaluation.splits import paper_alpha
+from cir.evaluation.submission import CIRCO_K, CIRR_RECALL_K, write_submission
 from cir.run_lock import rank_zero_lock
 from cir.schema import EvaluateConfig
 from cir.slerp import METHODS

@@ -26,7 +26,7 @@ from cir.checkpoint_io import AtomicCheckpointIO
 from cir.config import ConfigError, check_kwargs, require, to_yaml
 from cir.data.inputs import watch_inputs
 from cir.data.shards import SKIP_REASONS
-from cir.eval.run import validation_evaluator
+from cir.evaluation.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.backbone import AUGMENTATION_FIELDS

@@ -13,7 +13,7 @@ import pytest
 import cir.models
 from cir import completion
 from cir.config import load_config
-from cir.data.benchmarks import load_benchmarks
+from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.data.inputs import watch_inputs
 from cir.schema import EvaluateConfig, FitConfig
 

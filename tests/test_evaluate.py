@@ -14,8 +14,8 @@ import torch
 
 from cir import evaluate
 from cir.config import run_cli
-from cir.data.benchmarks import load_benchmarks
-from cir.eval.features import EvalIndex
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.evaluation.features import EvalIndex
 from cir.models import Backbone
 
 KEY = re.compile(r"^(cirr|circo|fashioniq_(dress|shirt|toptee|avg))/(val|test1?|train)/(image|text|sum|slerp_a[01]\.\d+)/"

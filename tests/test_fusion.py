@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
-from cir.eval.features import EvalIndex, Features
-from cir.eval.scoring import score_fusion, score_methods
+from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark, CIRQuery
+from cir.evaluation.features import EvalIndex, Features
+from cir.evaluation.scoring import score_fusion, score_methods
 from cir.fusion import Combiner, SlerpFusion, build_fusion
 from cir.slerp import slerp
 

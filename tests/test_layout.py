@@ -18,7 +18,7 @@ COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.publish", "cir.br
                  "cir.report.__main__", "cir.data.synth.__main__"}
 # Lower layers never reach up into evaluation, training tasks or the training run.
 LOWER_LAYERS = ("cir.data", "cir.models")
-UPPER_LAYERS = ("cir.eval", "cir.tasks", "cir.training")
+UPPER_LAYERS = ("cir.evaluation", "cir.tasks", "cir.training")
 MAX_LINES = 400
 
 
@@ -98,7 +98,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_checker_sees_imports_inside_functions_and_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert "cir.eval.features" in GRAPH["cir.eval.scoring"]
+    assert "cir.evaluation.features" in GRAPH["cir.evaluation.scoring"]
     assert "cir.models.factory" in GRAPH["cir.models"]
 
 

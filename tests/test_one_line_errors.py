@@ -20,8 +20,8 @@ from test_interruption import fit_args
 from cir import evaluate, fit
 from cir.config import ConfigError, run_cli
 from cir.data import samples
-from cir.data.benchmarks import load_benchmarks
-from cir.data.benchmarks.annotations import AnnotationError
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.data.retrieval_benchmarks.annotations import AnnotationError
 from cir.grid.local import run_cells
 from cir.grid.plan import Grid
 
@@ -72,7 +72,7 @@ def test_a_huge_gallery_png_is_named(cirr_root, tmp_path, capsys):
 
 
 def test_a_test_split_in_cir_evaluate_is_refused_before_any_model(cirr_root, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("cir.eval.run.create_backbone", no_model)
+    monkeypatch.setattr("cir.evaluation.run.create_backbone", no_model)
     line = one_line_exit(evaluate.main, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={tmp_path / 'e'}",
                                          "data.split=test1"], capsys)
     assert "config key `data.split`: expected a split with targets" in line and "cirr/test1 has none" in line

@@ -79,7 +79,7 @@ def test_an_evaluation_into_a_folder_another_holds_stops_before_any_model(cirr_r
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr("cir.eval.run.create_backbone", sigterm_self)
+        monkeypatch.setattr("cir.evaluation.run.create_backbone", sigterm_self)
         with pytest.raises(RunLockedError, match=rf"`output_dir`: {out} is in use by another run \(pid {holder.pid} "):
             evaluate.main(None, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
     finally:
@@ -90,7 +90,7 @@ def test_an_evaluation_into_a_folder_another_holds_stops_before_any_model(cirr_r
 def test_an_output_dir_that_is_a_file_stops_an_evaluation_before_any_model(cirr_root, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     out.write_text("")
-    monkeypatch.setattr("cir.eval.run.create_backbone", sigterm_self)
+    monkeypatch.setattr("cir.evaluation.run.create_backbone", sigterm_self)
     with pytest.raises(ConfigError, match=f"config key `output_dir`: {out} is a file, not a folder"):
         evaluate.main(None, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
 

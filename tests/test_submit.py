@@ -10,8 +10,8 @@ import torch
 
 from cir import submit
 from cir.config import run_cli
-from cir.data.benchmarks import load_benchmarks
-from cir.eval.submission import (
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.evaluation.submission import (
     SubmissionError,
     circo_file,
     cirr_files,

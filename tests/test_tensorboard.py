@@ -13,8 +13,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from cir import evaluate
 from cir.config import load_config
-from cir.data.benchmarks import load_benchmarks
-from cir.eval.report import caption_strip, rank_text, retrieval_grid
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.evaluation.presentation import caption_strip, rank_text, retrieval_grid
 from cir.schema import FitConfig
 from cir.training import final_metrics, run_hparams
 

@@ -38,7 +38,7 @@ from cir.browse.session import (
     upload_query,
 )
 from cir.data.images import load_rgb
-from cir.eval.splits import paper_alpha
+from cir.evaluation.splits import paper_alpha
 from cir.slerp import method_key
 
 BENCHMARK, UPLOAD = "benchmark query", "upload"

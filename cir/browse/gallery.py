@@ -1,6 +1,6 @@
 """A gallery for the page: a benchmark split or a folder of images, encoded once through the evaluation's cache.
 
-Encoding runs the same Lightning loop as `cir.evaluate` (cir.eval.run.encode,
+Encoding runs the same Lightning loop as `cir.evaluate` (cir.evaluation.run.encode,
 with its progress bar) into the same FeatureCache, so a split evaluated once
 opens at once, and features are never computed a second way.
 """
@@ -17,11 +17,11 @@ from omegaconf import DictConfig
 
 from cir.browse.session import Gallery
 from cir.config import ConfigError, check_kwargs
-from cir.data.benchmarks.base import CIRBenchmark
-from cir.eval.evaluator import BenchmarkEvaluator
-from cir.eval.features import FeatureCache, Features
-from cir.eval.run import check_eval_config, encode
-from cir.eval.splits import benchmark_splits
+from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
+from cir.evaluation.evaluator import BenchmarkEvaluator
+from cir.evaluation.features import FeatureCache, Features
+from cir.evaluation.run import check_eval_config, encode
+from cir.evaluation.splits import benchmark_splits
 from cir.models import Backbone, create_backbone
 from cir.workers import resolve_workers
 

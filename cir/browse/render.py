@@ -1,7 +1,7 @@
 """Results as the page shows them (HTML with inline thumbnails) and as an exported panel (PNG).
 
 The PNG is drawn with the same framed tiles and caption strips as the
-TensorBoard example grid (cir.eval.report), so a figure taken from the page
+TensorBoard example grid (cir.evaluation.presentation), so a figure taken from the page
 and one taken from a run look alike.
 """
 
@@ -19,9 +19,9 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from cir.browse.session import Gallery, Result
-from cir.data.benchmarks.crops import crop_object
+from cir.data.retrieval_benchmarks.crops import crop_object
 from cir.data.images import load_rgb
-from cir.eval.report import (
+from cir.evaluation.presentation import (
     OTHER_COLOUR,
     REFERENCE_COLOUR,
     TARGET_COLOUR,

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cir.data.benchmarks.base import CIRBenchmark
-from cir.eval.features import EvalIndex, Features
-from cir.eval.scoring import MetricSpec, ranked_ids
+from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
+from cir.evaluation.features import EvalIndex, Features
+from cir.evaluation.scoring import MetricSpec, ranked_ids
 from cir.metrics import average_precision, target_rank
 from cir.models import Backbone
 from cir.retrieval import rank_candidates, topk_search

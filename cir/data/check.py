@@ -28,12 +28,12 @@ from omegaconf import DictConfig
 from webdataset.shardlists import expand_urls
 
 from cir.config import ConfigError, load_config, read_yaml, run_cli
-from cir.data.benchmarks import BENCHMARK_NAMES, AnnotationError, BenchmarkLayoutError, CIRBenchmark
-from cir.data.benchmarks.circo import CIRCO_LAYOUT
-from cir.data.benchmarks.cirr import CIRR_LAYOUT
-from cir.data.benchmarks.configured import load_configured
-from cir.data.benchmarks.fashioniq import FASHIONIQ_LAYOUT
-from cir.data.benchmarks.genecis import GENECIS_LAYOUT
+from cir.data.retrieval_benchmarks import BENCHMARK_NAMES, AnnotationError, BenchmarkLayoutError, CIRBenchmark
+from cir.data.retrieval_benchmarks.circo import CIRCO_LAYOUT
+from cir.data.retrieval_benchmarks.cirr import CIRR_LAYOUT
+from cir.data.retrieval_benchmarks.configured import load_configured
+from cir.data.retrieval_benchmarks.fashioniq import FASHIONIQ_LAYOUT
+from cir.data.retrieval_benchmarks.genecis import GENECIS_LAYOUT
 from cir.data.image_text import train_shards
 from cir.data.inputs import watch_inputs
 from cir.data.samples import SKIP_REASONS

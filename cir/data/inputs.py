@@ -1,7 +1,7 @@
 """Which input files a run read: loaders note them, a run's completion record (cir.completion) names them.
 
 Every benchmark loader reads its annotation files through
-cir.data.benchmarks.annotations.read_json, which notes each here; a run collects
+cir.data.retrieval_benchmarks.annotations.read_json, which notes each here; a run collects
 what was noted inside its `watch_inputs()` block. A module of its own, importing
 nothing of cir, so the loaders can note without importing what reads the notes.
 """

@@ -13,7 +13,7 @@ class ZeroShotValidationData:
     Lightning reads validation loaders from the DataModule once one is given, so
     the DataModule (which owns all data) hands them out; the task only encodes.
     The function (the evaluator's `dataloaders`, bound to the backbone) is called
-    at every validation, so it can re-check its cache; data/ needs nothing from eval/.
+    at every validation, so it can re-check its cache; data/ needs nothing from evaluation/.
     """
 
     make_val_loaders: Callable[[], list[DataLoader]] | None = None

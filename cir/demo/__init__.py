@@ -4,7 +4,7 @@
 are training seeds: it generates the compositional benchmark, pretrains a tiny
 CLIP from scratch (the stand-in for OpenAI CLIP), evaluates Slerp zero-shot,
 runs TAT and its anchor ablations, optionally fine-tunes supervised, and its
-`report: demo` (cir.demo.report) writes results.md, alpha_sweep.png and a
+`report: demo` (cir.demo.results) writes results.md, alpha_sweep.png and a
 TensorBoard summary. Every stage is a call of a real CLI with its own YAML in
 experiments/; rerunning skips what is done.
 """

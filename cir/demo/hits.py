@@ -1,7 +1,7 @@
 """Per-query hits from an evaluation's exported features, ranked by the framework's own retrieval and metrics.
 
 metrics.json holds only each method's averages; the demo's intervals need every
-query's hit. They come from `eval.save_features=true`'s npz (cir.eval.export,
+query's hit. They come from `eval.save_features=true`'s npz (cir.evaluation.feature_export,
 README "Exported features"): the same features the evaluation scored, composed
 by cir.slerp.compose, searched by cir.retrieval.topk_search and read by
 cir.metrics.target_rank, so the mean of the hits is metrics.json's R@K.
@@ -38,7 +38,7 @@ def query_hits(features: dict[str, np.ndarray], method: str, alpha: float | None
     """Whether each query's target is among its first `k` (bool, one per query), as R@k counts it.
 
     `exclude_reference`: the reference image is no candidate (CIRR and the generated benchmark; see
-    cir.eval.features.OFFICIAL_EXCLUDE_REFERENCE). A target outside the gallery is a miss.
+    cir.evaluation.features.OFFICIAL_EXCLUDE_REFERENCE). A target outside the gallery is a miss.
     """
     gallery = torch.from_numpy(features["gallery"])
     queries = compose(method, torch.from_numpy(features["query_image"]), torch.from_numpy(features["query_text"]), alpha)

@@ -17,14 +17,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cir.config import ConfigError, load_config, open_nodes, parse_overrides, read_yaml, require
-from cir.data.synth import config as synth_config
-from cir.grid.schema import MANDATORY, GridConfig
+from cir.data.synth import settings as synth_settings
+from cir.grid.spec import MANDATORY, GridConfig
 from cir.grid.stages import CLIS, SCHEMAS, CliCall, InProcessCall, Stage
 
 GRID_FIELDS = {"task", "name", "output_dir", "inputs", "stages", "axes", "labels", "slurm", "fresh", "rerun",
                "in_process", "report", "overrides"}
 # Reports written across the cells once all are done (`report:` in the grid): module -> grid_report(grid, ...)
-REPORTS = {"demo": "cir.demo.report"}
+REPORTS = {"demo": "cir.demo.results"}
 STAGE_FIELDS = ("enabled", "config")  # what an axis variant may set on a stage besides its config keys
 CELL_FILE = "cell.json"
 FREE_FORM = ("inputs", "axes", "labels", "stages", "overrides")
@@ -252,11 +252,11 @@ class Grid:
 
     def _outputs(self, cell: Cell, stage: str) -> dict[str, Any]:
         """What a later stage may read from `stage`: its folder, export and the model name to load the export with
-        (a synth stage: cir.data.synth.config.outputs)."""
+        (a synth stage: cir.data.synth.settings.outputs)."""
         call = self.call(cell, stage)
         cfg = call.load()
         if call.cli == "synth":
-            return synth_config.outputs(cfg)
+            return synth_settings.outputs(cfg)
         if call.cli != "fit" or not cell.enabled[stage]:
             pretrained = cfg.model.pretrained if call.cli == "fit" else None
             return {"out": str(call.out), "export": str(pretrained), "export_model": cfg.model.name}

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from cir import completion
 from cir.completion import config_text
 from cir.config import ConfigError, check_kwargs, load_config, to_yaml
-from cir.data.synth import config as synth_config
+from cir.data.synth import settings as synth_settings
 from cir.grid.children import run_child
 from cir.io import atomic_write_text
 from cir.schema import EvaluateConfig, FitConfig
@@ -39,7 +39,7 @@ from cir.schema import EvaluateConfig, FitConfig
 CONFIG_FILE = "config.yaml"  # cir.fit, cir.evaluate and cir.data.synth write their config here; for cir.submit the runner does
 MODULES = {"fit": "cir.fit", "evaluate": "cir.evaluate", "submit": "cir.submit", "synth": "cir.data.synth"}
 CLIS = tuple(MODULES)
-SCHEMAS = {"fit": FitConfig, "evaluate": EvaluateConfig, "submit": EvaluateConfig, "synth": synth_config.SynthRunConfig}
+SCHEMAS = {"fit": FitConfig, "evaluate": EvaluateConfig, "submit": EvaluateConfig, "synth": synth_settings.SynthRunConfig}
 STDOUT_LOG = "stdout.log"  # an in-process evaluation's printed table
 SUBMISSION_GLOB = "*_submission.json"
 
@@ -72,12 +72,12 @@ class CliCall:
         """The config the CLI will run with, validated the way the CLI validates it."""
         import lightning as L  # the checks need the training and evaluation code; loading a config does not
 
-        from cir.eval.run import check_eval_config
+        from cir.evaluation.run import check_eval_config
         from cir.training import check_fit_config
 
         cfg = self.load()
         if self.cli == "synth":
-            synth_config.check_synth_config(cfg)
+            synth_settings.check_synth_config(cfg)
             return cfg
         if self.cli == "fit":
             check_fit_config(cfg)
@@ -101,7 +101,7 @@ class CliCall:
         """None when the call's outputs are complete for what it would run with now; else why not, in a few words."""
         if self.recorded:
             return completion.why_not_done(self.out, completion.fingerprint(self.load()))
-        finished = synth_config.completed(self.out) if self.cli == "synth" else any(self.out.glob(SUBMISSION_GLOB))
+        finished = synth_settings.completed(self.out) if self.cli == "synth" else any(self.out.glob(SUBMISSION_GLOB))
         return None if finished and self.same_config() else "not finished with this config"
 
     def done(self) -> bool:
@@ -137,7 +137,7 @@ class InProcessCall(CliCall):
     def run(self, from_scratch: bool) -> None:
         self.prepare(from_scratch)
         if self.cli == "synth":
-            synth_config.run(self.load())
+            synth_settings.run(self.load())
             return
         main = importlib.import_module(MODULES[self.cli]).main
         if self.cli == "fit":

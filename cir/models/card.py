@@ -17,7 +17,7 @@ TASKS = {
 }
 ANCHORS = {"text": "text (the image tower is tuned)", "image": "image (the text tower is tuned)", "none": "none (both towers tuned)"}
 NOT_RECORDED = "not recorded"
-# metrics.json entries that say how a benchmark was scored (cir.eval.run.run_info and the missing-image skip)
+# metrics.json entries that say how a benchmark was scored (cir.evaluation.run.run_info and the missing-image skip)
 PROTOCOL_PREFIXES = ("meta/exclude_reference/", "meta/caption_mode", "meta/fashioniq_captions", "meta/missing_images/")
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from cir.config import ConfigError
 from cir.data.transforms import uint8_version
-from cir.eval.evaluator import BenchmarkEvaluator
+from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.models import Backbone, train_transform
 from cir.provenance import run_record
 from cir.resume import random_states, restore_random_state

@@ -22,7 +22,7 @@ from open_clip.loss import gather_features
 from torch import Tensor
 
 from cir.config import ConfigError, require
-from cir.data.benchmarks import BENCHMARK_NAMES
+from cir.data.retrieval_benchmarks import BENCHMARK_NAMES
 from cir.data.triplets import TripletDataModule, TripletDataset, load_triplets
 from cir.fusion import FUSIONS, SlerpFusion, build_fusion
 from cir.models import TOWERS, Backbone, create_backbone, merge_lora

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from cir.eval.evaluator import BenchmarkEvaluator
+from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.models import Backbone
 
 

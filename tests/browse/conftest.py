@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cir.browse.session import Gallery
-from cir.data.benchmarks.base import CIRBenchmark, CIRQuery
-from cir.eval.features import EvalIndex, Features
+from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark, CIRQuery
+from cir.evaluation.features import EvalIndex, Features
 
 
 def make_gallery(tmp_path: Path, name: str = "cirr", images: int = 30, queries: int = 12, seed: int = 0,

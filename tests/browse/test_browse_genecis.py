@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from cir.browse.render import thumbnail
 from cir.browse.session import Gallery, benchmark_query, search
-from cir.data.benchmarks.genecis import load_genecis
-from cir.eval.features import EvalIndex, Features
-from cir.eval.scoring import score_methods
+from cir.data.retrieval_benchmarks.genecis import load_genecis
+from cir.evaluation.features import EvalIndex, Features
+from cir.evaluation.scoring import score_methods
 
 
 def genecis_gallery(root, task: str) -> Gallery:

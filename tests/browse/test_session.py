@@ -17,7 +17,7 @@ from cir.browse.session import (
     target_ranks,
     upload_query,
 )
-from cir.eval.scoring import score_methods
+from cir.evaluation.scoring import score_methods
 
 
 def brute_force_order(gallery, row, method, alpha):

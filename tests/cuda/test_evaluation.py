@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir.data.benchmarks import load_benchmarks
-from cir.eval import run
-from cir.eval.evaluator import BenchmarkEvaluator
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.evaluation import run
+from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.models import apply_lora, create_backbone, export_open_clip
 from cir.retrieval import rank_candidates, topk_search
 
-# Feature tables are kept at fp16 (cir.eval.features.Features), so float32 encoding on the device matches CPU to
+# Feature tables are kept at fp16 (cir.evaluation.features.Features), so float32 encoding on the device matches CPU to
 # fp16 rounding plus summation order; under bf16 autocast (8 mantissa bits) each row keeps its direction
 # (worst cosine 0.99994 for ViT-B-32 under CPU autocast).
 FLOAT32_ATOL = 2e-3

@@ -22,7 +22,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from cir.data.benchmarks import load_benchmarks
+from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.data.synth import generate, shard_urls, vocabulary
 from cir.data.synth import writer as synth_writer
 from cir.data.synth.captions import Edit, apply_edit, pretrain_caption
@@ -412,7 +412,7 @@ def test_oracles_only_composition_finds_the_target(out):
 
 
 def test_round_trip_through_the_cirr_loader(out):
-    from cir.data.benchmarks.cirr import load_cirr
+    from cir.data.retrieval_benchmarks.cirr import load_cirr
 
     attributes = _read(out / "cirr" / "attributes.json")
     for split in SPLITS:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cir import fit
-from cir.demo.report import collect, findings, grid_models
+from cir.demo.results import collect, findings, grid_models
 from cir.demo.stats import REVERSED
 from cir.grid.plan import Grid
 

@@ -83,7 +83,7 @@ def test_a_failed_feature_write_leaves_the_evaluation_not_done_and_a_rerun_redoe
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "features" / "cirr-val.npz"))
 
     with monkeypatch.context() as patch:
-        patch.setattr("cir.eval.run.save_features", full_disk)
+        patch.setattr("cir.evaluation.run.save_features", full_disk)
         run_grid(grid_file, capfd, "rerun=[cirr_val]")
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()  # written before the features
     grid = Grid(grid_file, ["tat.trainer.max_steps=2"])

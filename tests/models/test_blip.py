@@ -265,8 +265,8 @@ def test_bad_blip_sources_and_weights(blip_dir, tmp_path) -> None:
 
 def test_evaluate_cli_encodes_cirr_with_blip(blip_dir, cirr_root, tmp_path) -> None:
     from cir import evaluate
-    from cir.data.benchmarks import load_benchmarks
-    from cir.eval.features import EvalIndex
+    from cir.data.retrieval_benchmarks import load_benchmarks
+    from cir.evaluation.features import EvalIndex
 
     out = tmp_path / "eval"
     evaluate.main(None, [f"model.name={blip_dir}", "model.pretrained=none", f"data.root={cirr_root}",

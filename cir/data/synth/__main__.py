@@ -1,5 +1,5 @@
 """Command line: `python -m cir.data.synth --out DIR --seed N [size flags]`, or with a config as a grid stage runs it:
-`python -m cir.data.synth CONFIG [key=value ...]` (`task: synth`, cir.data.synth.config)."""
+`python -m cir.data.synth CONFIG [key=value ...]` (`task: synth`, cir.data.synth.settings)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from cir.commands import parser_for
 from cir.config import load_config, run_cli
-from cir.data.synth import config
+from cir.data.synth import settings
 from cir.data.synth.writer import SynthSizes, generate
 
 _HELP = {
@@ -27,8 +27,8 @@ _HELP = {
 
 def from_config(path: str | None, overrides: list[str]) -> None:
     """Generates the benchmark a config describes and prints its manifest."""
-    cfg = load_config(config.SynthRunConfig, path, overrides)
-    print(json.dumps(config.run(cfg), indent=1))
+    cfg = load_config(settings.SynthRunConfig, path, overrides)
+    print(json.dumps(settings.run(cfg), indent=1))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import webdataset as wds
 from tqdm import tqdm
 
-from cir.data.benchmarks import load_benchmarks
-from cir.data.benchmarks.cirr import CIRR_VERSION
+from cir.data.retrieval_benchmarks import load_benchmarks
+from cir.data.retrieval_benchmarks.cirr import CIRR_VERSION
 from cir.data.synth.captions import pretrain_caption, tune_caption
 from cir.data.synth.queries import SceneSplit, build_split
 from cir.data.synth.scenes import RenderStyle, Scene, encode_png, random_scene, render
