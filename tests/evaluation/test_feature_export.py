@@ -16,7 +16,7 @@ from cir import evaluate, submit
 from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.slerp import parse_method_key
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+OUTPUTS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "outputs.md"
 BASE = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false", "eval.examples=0", "eval.save_features=true"]
 BENCHMARKS = {"cirr": ("cirr_root", "val"), "circo": ("circo_root", "val"), "fashioniq": ("fashioniq_root", "val"),
@@ -29,7 +29,7 @@ def run(root: Path, out: Path, *extra: str) -> dict:
 
 
 def check_schema(f, bench) -> None:
-    """The arrays of README's "Exported features", with the benchmark's own ids, captions and ground truth."""
+    """The arrays of docs/outputs.md's "Exported features", with the benchmark's own ids, captions and ground truth."""
     q, n = len(bench.queries), len(bench.gallery)
     dim = f["gallery"].shape[1]
     for key in ("gallery_ids", "query_ids", "reference_ids", "captions", "target_ids"):
@@ -96,16 +96,16 @@ def test_submit_exports_the_test_split_with_hidden_targets(circo_root, tmp_path)
         assert set(f["target_ids"]) == {""} and f["gt_ids"].shape == (len(bench.queries), 0)
 
 
-def readme_example() -> str:
-    """The python block of README's "Exported features" part."""
-    section = README.read_text(encoding="utf-8").split("### Exported features", 1)[1]
+def docs_example() -> str:
+    """The python block of docs/outputs.md's "Exported features" part."""
+    section = OUTPUTS_PAGE.read_text(encoding="utf-8").split("## Exported features", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_example_recomputes_slerp_r1(cirr_root, tmp_path, monkeypatch):
+def test_docs_example_recomputes_slerp_r1(cirr_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     metrics = run(cirr_root, Path("outputs/eval_cirr"), "eval.alphas=[0.9]", "eval.methods=[slerp]")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(readme_example(), {})
+        exec(docs_example(), {})
     assert printed.getvalue().strip() == f"Slerp R@1 = {metrics['cirr/val/slerp_a0.9/R@1']:.2f}"
