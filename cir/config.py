@@ -22,8 +22,6 @@ import yaml
 from omegaconf import BooleanNode, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cir.data.retrieval_benchmarks.annotations import AnnotationError
-from cir.data.errors import DataError, UnreadableImage
 from cir.logs import setup_logging
 from cir.signals import stop_on_signals
 
@@ -32,6 +30,13 @@ BASE_KEY = "base"
 
 class ConfigError(ValueError):
     """A user-facing config problem: the message names the key or file and what is expected."""
+
+
+class InputError(Exception):
+    """A fault in the user's files (data, annotations, images) that names the file or key: one line, as a ConfigError.
+
+    Defined here, below cir.data, so that one_line_errors catches the data package's faults without importing it.
+    """
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -259,8 +264,8 @@ def one_line_errors(debug: bool, also: tuple[type[Exception], ...] = ()) -> Iter
     with `debug`, or for anything else, the traceback."""
     try:
         yield
-    except (ConfigError, FileNotFoundError, AnnotationError, DataError, OSError, *also) as err:
-        user_fixes = (not isinstance(err, OSError) or isinstance(err, (FileNotFoundError, UnreadableImage))
+    except (ConfigError, InputError, OSError, *also) as err:
+        user_fixes = (not isinstance(err, OSError) or isinstance(err, (FileNotFoundError, InputError))
                       or err.errno in FILESYSTEM_ERRNOS)
         if debug or not user_fixes:
             raise

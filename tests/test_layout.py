@@ -1,4 +1,5 @@
-"""The package's shape, checked on the source: no import cycles, command lines at the top, layers that only look down.
+"""The package's shape, checked on the source: no import cycles (between modules, or between folders), command lines
+at the top, layers that only look down, test files that pytest can tell apart.
 
 Every import statement counts, including those inside functions (a cycle dodged
 by a function-level import is still a cycle).
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cir"
+TESTS = Path(__file__).resolve().parent
 # Command-line modules: parse, call the library, print. No library module imports them; a grid runs them by module
 # name (cir.grid.stages.MODULES), as `python -m` does, in a process of its own or in-process through importlib.
 COMMAND_LINES = {"cir.fit", "cir.evaluate", "cir.submit", "cir.publish", "cir.browse.__main__", "cir.grid.__main__",
@@ -102,8 +104,41 @@ def test_the_checker_sees_imports_inside_functions_and_finds_cycles() -> None:
     assert "cir.models.factory" in GRAPH["cir.models"]
 
 
+def folder(name: str) -> str:
+    """The node a module counts as between folders: its first-level package (cir.data for cir.data.synth.writer),
+    or the module itself at the package's top (cir.config)."""
+    return ".".join(name.split(".")[:2]) if MODULES[name].parent != PACKAGE else name
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    folders: dict[str, set[str]] = {folder(n): set() for n in graph}
+    for name, targets in graph.items():
+        folders[folder(name)] |= {folder(t) for t in targets} - {folder(name)}
+    return folders
+
+
+def test_the_checker_finds_a_loop_between_folders() -> None:
+    """The loop of c0420ee: cir.config caught cir.data's errors while cir.data reads cir.config."""
+    graph = {"cir.config": {"cir.data.errors"}, "cir.data.errors": set(), "cir.data.check": {"cir.config"}}
+    assert cycles(graph) == []
+    assert cycles(folder_graph(graph)) == [["cir.config", "cir.data"]]
+
+
 def test_no_import_cycle() -> None:
     assert cycles(GRAPH) == []
+
+
+def test_no_import_cycle_between_folders() -> None:
+    """A folder (cir.data, cir.evaluation, ...) and a top-level module, or two folders, never import each other."""
+    assert cycles(folder_graph(GRAPH)) == []
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by basename (rootdir-relative, no __init__.py): two alike stop the collection."""
+    seen: dict[str, list[str]] = {}
+    for path in TESTS.rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(TESTS)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -8,6 +8,8 @@ reports one line.
 
 from __future__ import annotations
 
+from cir.config import InputError
+
 
 def own_line(message: str, name: str) -> str:
     """`message` itself, or its last line without the `module.Name: ` prefix when a worker's traceback leads it."""
@@ -17,14 +19,14 @@ def own_line(message: str, name: str) -> str:
     return last.partition(f"{name}: ")[2] or last
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Data that cannot give what the config asks (e.g. shards with no usable sample); the message names the key."""
 
     def __init__(self, message: str) -> None:
         super().__init__(own_line(message, type(self).__name__))
 
 
-class UnreadableImage(OSError):
+class UnreadableImage(InputError, OSError):
     """An image file that does not decode (truncated, not an image) or is past PIL's decompression-bomb limit."""
 
     def __init__(self, message: str) -> None:

@@ -17,11 +17,12 @@ from omegaconf import DictConfig
 
 from cir import completion
 from cir.config import check_kwargs, require, to_yaml
+from cir.data.inputs import watch_inputs
 from cir.data.retrieval_benchmarks.configured import SKIPPED_IMAGES, SKIPPED_QUERIES
 from cir.data.retrieval_benchmarks.fashioniq import FASHIONIQ_CAPTIONS
 from cir.data.retrieval_benchmarks.genecis import GENECIS_TASKS
-from cir.data.inputs import watch_inputs
 from cir.distributed import is_global_zero
+from cir.evaluation.encoding import ZeroShotEvaluation
 from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.evaluation.feature_export import save_features
 from cir.evaluation.features import FeatureCache, excludes_reference
@@ -34,7 +35,6 @@ from cir.metrics import target_rank
 from cir.models import Backbone, create_backbone
 from cir.schema import PAPER_ALPHA
 from cir.slerp import METHODS, method_key
-from cir.tasks.zero_shot import ZeroShotEvaluation
 from cir.workers import resolve_workers
 
 MISSING_POLICIES = ("error", "skip")  # eval.missing_images

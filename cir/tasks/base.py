@@ -14,11 +14,11 @@ from torch import nn
 
 from cir.config import ConfigError
 from cir.data.transforms import uint8_version
+from cir.evaluation.encoding import EvaluatorEncoding
 from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.models import Backbone, train_transform
 from cir.provenance import run_record
 from cir.resume import random_states, restore_random_state
-from cir.tasks.zero_shot import EvaluatorEncoding
 
 
 def training_transform(cfg: DictConfig, backbone: Backbone) -> Callable:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cir.config import InputError
 from cir.data.inputs import note_input
 
 
@@ -15,7 +16,7 @@ class BenchmarkLayoutError(FileNotFoundError):
     """An annotation file is missing under the benchmark root; the message shows the expected tree."""
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError, ValueError):
     """An annotation file parses but does not have the official structure."""
 
 
