@@ -13,8 +13,8 @@ import pytest
 import cir.models
 from cir import completion
 from cir.config import load_config
-from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.data.inputs import watch_inputs
+from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.schema import EvaluateConfig, FitConfig
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

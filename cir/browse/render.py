@@ -19,8 +19,8 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from cir.browse.session import Gallery, Result
-from cir.data.retrieval_benchmarks.crops import crop_object
 from cir.data.images import load_rgb
+from cir.data.retrieval_benchmarks.crops import crop_object
 from cir.evaluation.presentation import (
     OTHER_COLOUR,
     REFERENCE_COLOUR,

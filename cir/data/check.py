@@ -28,14 +28,14 @@ from omegaconf import DictConfig
 from webdataset.shardlists import expand_urls
 
 from cir.config import ConfigError, load_config, read_yaml, run_cli
+from cir.data.image_text import train_shards
+from cir.data.inputs import watch_inputs
 from cir.data.retrieval_benchmarks import BENCHMARK_NAMES, AnnotationError, BenchmarkLayoutError, CIRBenchmark
 from cir.data.retrieval_benchmarks.circo import CIRCO_LAYOUT
 from cir.data.retrieval_benchmarks.cirr import CIRR_LAYOUT
 from cir.data.retrieval_benchmarks.configured import load_configured
 from cir.data.retrieval_benchmarks.fashioniq import FASHIONIQ_LAYOUT
 from cir.data.retrieval_benchmarks.genecis import GENECIS_LAYOUT
-from cir.data.image_text import train_shards
-from cir.data.inputs import watch_inputs
 from cir.data.samples import SKIP_REASONS
 from cir.data.shard_sizes import count_samples, local_path
 from cir.data.shards import image_text_pipeline

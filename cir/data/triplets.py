@@ -15,9 +15,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cir.data.images import load_rgb
 from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
-from cir.data.images import load_rgb
 from cir.data.transforms import NormaliseOnDevice
 from cir.data.validation import ZeroShotValidationData
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cir import completion
-from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
 from cir.data.images import ImageDataset
+from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
 from cir.distributed import gather_cat
 from cir.io import atomic_path
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from cir.data.retrieval_benchmarks.annotations import AnnotationError, entry_field
 from cir.data.images import load_rgb
+from cir.data.retrieval_benchmarks.annotations import AnnotationError, entry_field
 from cir.distributed import rank, world_size
 from cir.modality_gap import ModalityGap
 from cir.models import Backbone

@@ -13,9 +13,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from cir.data.check import run
 from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.data.retrieval_benchmarks.cirr import CIRR_LAYOUT
-from cir.data.check import run
 
 # The commands docs/data_and_weights.md shows, with its placeholders
 DOC_BENCHMARK = "python -m cir.data.check cirr data/cirr"

@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cir import evaluate
 from cir.config import run_cli
-from cir.data.retrieval_benchmarks import AnnotationError
 from cir.data.images import load_rgb
+from cir.data.retrieval_benchmarks import AnnotationError
 from cir.evaluation.gap import measure_gap, read_pairs
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, create_backbone

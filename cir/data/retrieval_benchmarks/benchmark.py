@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cir.data.retrieval_benchmarks.crops import crop_object
 from cir.data.images import load_rgb
+from cir.data.retrieval_benchmarks.crops import crop_object
 
 
 @dataclass(frozen=True)

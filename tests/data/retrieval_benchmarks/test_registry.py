@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from cir.data.images import ImageDataset
 from cir.data.retrieval_benchmarks import (
     BENCHMARK_NAMES,
     AnnotationError,
@@ -14,7 +15,6 @@ from cir.data.retrieval_benchmarks import (
 )
 from cir.data.retrieval_benchmarks.annotations import check_unique, entry_field, read_json
 from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark, CIRQuery
-from cir.data.images import ImageDataset
 
 
 def test_fashioniq_gives_one_benchmark_per_category(fashioniq_root):
