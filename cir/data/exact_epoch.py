@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.utils import PipelineStage
 
 from cir.data.epochs import EpochPlan, epoch_share
 from cir.data.shard_sizes import local_path, sample_offset
+from cir.data.tar_members import tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,5 @@ class ExactEpochSamples(PipelineStage):
         """A shard's samples from number `first` on: a local tar from the byte where that sample starts."""
         path = local_path(url)
         offset = sample_offset(path, first) if first and path is not None else None
-        if offset is None:
-            samples = wds.tarfile_to_samples(handler=self.handler)(iter([{"url": url}]))
-            yield from itertools.islice(samples, first, None)
-            return
-        with open(path, "rb") as stream:
-            stream.seek(offset)
-            members = tar_file_expander(iter([{"url": url, "stream": stream}]), handler=self.handler)
-            yield from group_by_keys(members, handler=self.handler)
+        samples = tar_samples([{"url": url}], self.handler, offset or 0)
+        yield from itertools.islice(samples, first if offset is None else 0, None)

@@ -46,6 +46,7 @@ from cir.data.samples import (
     collate,
 )
 from cir.data.shard_sizes import shard_sizes, without_samples
+from cir.data.tar_members import tarfile_to_samples
 
 __all__ = ["CAPTION_KEY", "IMAGE_KEYS", "SKIP_REASONS", "ImageTextBatch", "SkipStats", "expand_shard_urls",
            "image_text_loader", "image_text_pipeline"]
@@ -161,7 +162,7 @@ def image_text_pipeline(
             SplitByWorker(plan),
         ]
     if not exact_epoch:
-        stages += [wds.tarfile_to_samples(handler=stats.shard_error), wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None]
+        stages += [tarfile_to_samples(handler=stats.shard_error), wds.detshuffle(shuffle_buffer, seed=seed) if shuffle_buffer else None]
     return ImageTextPipeline(
         *stages,
         ToImageText(stats, image_transform, text_embedding_key, plan, batch_size, samples_per_epoch, seed),
