@@ -14,9 +14,11 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
+
+TEMP_SUFFIX = ".tmp"
 
 
 def current_umask() -> int:
@@ -42,7 +44,7 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~current_umask())
@@ -67,3 +69,35 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def leftover_temps(folder: str | Path, name: str = "") -> list[Path]:
+    """The temp files that killed atomic writes of `name*` left in `folder` (a write that fails removes its own)."""
+    return sorted(Path(folder).glob(f".{name}*{TEMP_SUFFIX}"))
+
+
+class Discarded(Exception):
+    """Thrown into an AtomicFiles write that is given up, so atomic_path removes its temp file."""
+
+
+class AtomicFiles:
+    """atomic_path for writers that open and finish files through callbacks (webdataset's ShardWriter opener / post):
+    `open(name)` gives the temp path to write, `publish(name)` flushes it and renames it over `name`, `discard()`
+    removes every unpublished one."""
+
+    def __init__(self) -> None:
+        self._writing: dict[str, AbstractContextManager[str]] = {}
+
+    def open(self, name: str) -> str:
+        write = atomic_path(name)
+        tmp = write.__enter__()
+        self._writing[name] = write
+        return tmp
+
+    def publish(self, name: str) -> None:
+        self._writing.pop(name).__exit__(None, None, None)
+
+    def discard(self) -> None:
+        while self._writing:
+            _, write = self._writing.popitem()
+            write.__exit__(Discarded, Discarded(), None)

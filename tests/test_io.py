@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from cir.io import atomic_path, atomic_write_text
+from cir.io import AtomicFiles, atomic_path, atomic_write_text, leftover_temps
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
@@ -46,3 +46,16 @@ def test_a_full_disk_names_the_target_and_leaves_the_old_file(tmp_path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert failed.value.filename == str(target) and failed.value.errno == errno.ENOSPC
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+
+def test_atomic_files_publish_one_by_one_and_discard_the_rest(tmp_path):
+    """ShardWriter's opener / post pair: a shard appears under its name only once published."""
+    files = AtomicFiles()
+    for name in ("a.tar", "b.tar"):
+        with open(files.open(str(tmp_path / name)), "w") as f:
+            f.write(name)
+    files.publish(str(tmp_path / "a.tar"))
+    assert (tmp_path / "a.tar").read_text() == "a.tar" and [p.name for p in leftover_temps(tmp_path)] != []
+    assert not (tmp_path / "b.tar").exists()
+    files.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["a.tar"] and leftover_temps(tmp_path) == []

@@ -16,8 +16,8 @@ text_embedding_key=meta.key, tokenize=None, ...).
 
 Copying the shards (rather than a side store keyed by sample) keeps every
 sample self-contained, so resampling, shuffling and pipe: urls work unchanged;
-it costs a second copy of the images. Shards are written under a .partial name
-and renamed when complete; rerunning refuses to touch existing outputs unless
+it costs a second copy of the images. Shards are written to a temp file and
+renamed when complete (cir.io.atomic_path, flushed first); rerunning refuses to touch existing outputs unless
 --overwrite.
 """
 
@@ -40,6 +40,7 @@ from tqdm import tqdm
 from cir.commands import parser_for
 from cir.data.shard_sizes import write_sizes
 from cir.data.shards import CAPTION_KEY, SkipStats, expand_shard_urls
+from cir.io import atomic_path, atomic_write_text, leftover_temps
 from cir.models import Backbone, create_backbone
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _output_plan(urls: list[str], out: Path, overwrite: bool) -> list[str]:
         raise ValueError(f"input shard file names must be unique and non-empty to be copied into one folder, got {names[:5]}...")
     if any(not urlparse(u).scheme and Path(u).resolve().parent == out.resolve() for u in urls):
         raise ValueError(f"--out {out} holds the input shards: choose another folder")
-    existing = [out / n for n in [*names, META_FILE] if (out / n).exists()] + sorted(out.glob("*.partial"))
+    existing = [out / n for n in [*names, META_FILE] if (out / n).exists()] + leftover_temps(out)
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {len(existing)} outputs (e.g. {existing[0].name}); pass --overwrite to replace them")
     for path in existing:
@@ -129,12 +130,11 @@ def _output_plan(urls: list[str], out: Path, overwrite: bool) -> list[str]:
 
 def _embed_shard(url: str, target: Path, backbone: Backbone, *, key: str, batch_size: int, device: str, stats: SkipStats) -> tuple[int, int]:
     """Copy one shard with embeddings added; returns (samples written, embedding dim)."""
-    partial = target.with_name(target.name + ".partial")
     written, dim = 0, 0
     samples = wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples(handler=stats.shard_error))
-    try:
+    with atomic_path(target) as tmp:
         # an integer mtime: a float one gets a PAX header per member, which doubles the file and its parsing
-        with wds.TarWriter(str(partial), mtime=int(time.time())) as sink:
+        with wds.TarWriter(tmp, mtime=int(time.time())) as sink:
             pending: list[tuple[dict[str, Any], str]] = []
             for sample in samples:
                 caption = sample.get(CAPTION_KEY, b"").decode("utf-8", errors="replace").strip()
@@ -150,10 +150,6 @@ def _embed_shard(url: str, target: Path, backbone: Backbone, *, key: str, batch_
             if pending:
                 dim = _write_batch(pending, sink, backbone, key, device)
                 written += len(pending)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
     return written, dim
 
 
@@ -205,9 +201,7 @@ def embed_shards(
         skipped={r: n for r, n in stats.counts.items() if n}, directory=out,
     )
     record = {k: v for k, v in asdict(meta).items() if k != "directory"}
-    partial = out / (META_FILE + ".partial")
-    partial.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(partial, out / META_FILE)
+    atomic_write_text(out / META_FILE, json.dumps(record, indent=2))
     log.info("embedded %d captions (dim %d) into %d shards in %s; skipped %s", samples, dim, len(names), out, record["skipped"] or "none")
     return meta
 

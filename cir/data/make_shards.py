@@ -15,8 +15,8 @@ bytes under jpg / png / webp (decoded once with PIL to check them; other
 formats are re-encoded losslessly as png), txt (the caption) and json (caption,
 source image path, size, LLaVA id). Missing or unreadable images, empty
 captions and malformed rows are skipped and reported at the end with counts
-and examples. Shards are written as OUT/PREFIX-000000.tar.partial and renamed
-when complete; OUT/sizes.json gets each shard's sample count (what an exact
+and examples. Shards are written to a temp file beside OUT/PREFIX-000000.tar and renamed
+when complete (cir.io.AtomicFiles); OUT/sizes.json gets each shard's sample count (what an exact
 epoch reads, see cir.data.shard_sizes) and OUT/PREFIX.manifest.json is written
 last. Rerunning refuses to touch existing PREFIX files unless --overwrite, which
 deletes them first.
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from cir.commands import parser_for
 from cir.data.shard_sizes import remove_sizes, write_sizes
+from cir.io import AtomicFiles, atomic_write_text, leftover_temps
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +195,10 @@ def _sample(record: Record, image_root: Path, report: ConversionReport) -> dict[
 
 
 def _shard_files(out: Path, prefix: str) -> list[Path]:
-    pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar(\.partial)?|{re.escape(prefix)}\.manifest\.json(\.partial)?")
-    return sorted(p for p in out.iterdir() if pattern.fullmatch(p.name)) if out.is_dir() else []
-
-
-def _partial_name(fname: str) -> str:
-    return fname + ".partial"
-
-
-def _publish(fname: str) -> None:
-    os.replace(_partial_name(fname), fname)
+    """PREFIX's shards and manifest in `out`, and what a killed run left of them."""
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar|{re.escape(prefix)}\.manifest\.json")
+    found = [p for p in out.iterdir() if pattern.fullmatch(p.name)] if out.is_dir() else []
+    return sorted(found + leftover_temps(out, prefix))
 
 
 def write_shards(
@@ -229,7 +224,9 @@ def write_shards(
     report = ConversionReport()
     written = 0
     sizes: dict[str, int] = {}
-    sink = wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0, opener=_partial_name, post=_publish)
+    files = AtomicFiles()
+    sink = wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, verbose=0,
+                           opener=files.open, post=files.publish)
     try:
         for record in tqdm(records, total=total, unit="sample", desc=f"{prefix} shards"):
             sample = _sample(record, image_root, report)
@@ -242,7 +239,7 @@ def write_shards(
     except BaseException:
         sink.post = None
         sink.close()
-        Path(_partial_name(sink.fname)).unlink(missing_ok=True)
+        files.discard()
         raise
     sink.close()
     log.info("%s", report.summary())
@@ -263,8 +260,7 @@ def write_shards(
         "maxsize": maxsize,
     }
     manifest_path = out / f"{prefix}.manifest.json"
-    Path(_partial_name(str(manifest_path))).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    _publish(str(manifest_path))
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     log.info("wrote %d samples in %d shards to %s", written, num_shards, out / manifest["pattern"])
     return manifest
 

@@ -16,6 +16,7 @@ from webdataset.shardlists import expand_urls
 from cir.data.make_shards import Record, main, write_shards
 from cir.data.shard_sizes import count_samples
 from cir.data.shards import image_text_pipeline
+from cir.io import leftover_temps
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def check_output(out: Path, images: Path, rows: list[tuple[str, str]], expected_
     assert manifest["shards"] == len(names)
     sizes = json.loads((out / "sizes.json").read_text())
     assert sizes == {n: count_samples(out / n) for n in names} and sum(sizes.values()) == manifest["samples"]
-    assert not list(out.glob("*.partial"))
+    assert not leftover_temps(out)
     return manifest
 
 
@@ -164,6 +165,20 @@ def test_interrupted_run_leaves_only_complete_shards(tmp_path, images):
         write_shards(records(), out, image_root=images, source={"format": "test"}, maxcount=2)
     assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar"]
     assert sorted(read_tars(out)) == ["000000000", "000000001"]
+
+
+def test_what_a_killed_run_left_is_refused_then_removed(tmp_path, images, capsys):
+    source = tmp_path / "train.tsv"
+    source.write_text("".join(f"{caption}\t{name}\n" for name, caption in ROWS))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".shard-000000.tar.k1ll3d.tmp").write_bytes(b"half a shard")  # a SIGKILL mid-write leaves this
+    args = ["cc3m", "--tsv", str(source), "--image-root", str(images), "--out", str(out)]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert ".shard-000000.tar.k1ll3d.tmp" in capsys.readouterr().err
+    main([*args, "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard.manifest.json", "sizes.json"]
 
 
 def test_csv_header_and_empty_results_are_errors(tmp_path, images, capsys):
