@@ -19,7 +19,6 @@ in the epoch, and a warning says so).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import random
@@ -64,19 +63,6 @@ def stream_start(per_rank: int, batch_size: int, world_size: int, num_workers: i
     """Where (rank, worker)'s stream starts in the epoch's sequence of samples."""
     before = sum(epoch_share(per_rank * world_size, batch_size, world_size, num_workers, k) for k in range(worker))
     return rank * per_rank + before
-
-
-def passed_over(sizes: Sequence[int], per_rank: int, batch_size: int, world_size: int, num_workers: int) -> int:
-    """Samples streams start after inside a shard (for this shard order): read and not used when shards are
-    streamed (pipe:, http); local shards seek past them."""
-    ends = list(itertools.accumulate(sizes))
-    total = 0
-    for rank, worker in itertools.product(range(world_size), range(num_workers)):
-        start = stream_start(per_rank, batch_size, world_size, num_workers, rank, worker)
-        shard = bisect.bisect_right(ends, start)
-        if shard < len(sizes):
-            total += start - (ends[shard] - sizes[shard])
-    return total
 
 
 class ExactEpochSamples(PipelineStage):

@@ -103,6 +103,8 @@ class ContrastiveTask(EvaluatorEncoding, L.LightningModule, TemperatureMixin):
         reduction; the progress bar shows the values of the last logging step."""
         trainer = self.trainer
         last = 0 < trainer.max_steps <= self.global_step + 1 or (trainer.is_last_batch and self._last_epoch())
+        # Lightning has no public accessor for its rule (2.6: _LoggerConnector.should_update_logs, which counts the
+        # fit loop's private _batches_that_stepped); reading it keeps ours Lightning's rather than a copy that drifts.
         return last or trainer._logger_connector.should_update_logs
 
     def _last_epoch(self) -> bool:

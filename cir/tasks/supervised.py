@@ -32,8 +32,8 @@ from cir.tasks.tat import TextAnchoredTuning, prepare_for_tuning
 from cir.workers import resolve_workers
 
 LIGHTNING_SUFFIX = ".ckpt"
-# Checkpoint tasks whose backbone can be rebuilt here: TAT (LoRA, merged on load) and full pretraining.
-# The tasks whose checkpoints fine-tuning can start from, and the LightningModule that rebuilds each.
+# The tasks whose checkpoints fine-tuning can start from, and the LightningModule that rebuilds each backbone:
+# TAT (LoRA, merged on load) and full pretraining.
 INIT_TASKS = {"tat": TextAnchoredTuning, "pretrain": ContrastivePretraining}
 
 

@@ -14,7 +14,6 @@ from cir.data.epochs import EpochPlan, epoch_share
 from cir.data.exact_epoch import (
     ExactEpochSamples,
     exact_epoch_layout,
-    passed_over,
     stream_start,
 )
 from cir.data.image_text import ImageTextDataModule
@@ -54,14 +53,6 @@ def test_shipped_scales_leave_out_at_most_a_few_pairs():
     assert (llava.samples, llava.left_out) == (558_128, 0)
     cc3m = exact_epoch_layout([10_000] * 330 + [3_333], 8)  # any split: fewer left out than ranks
     assert cc3m.left_out == 3_303_333 % 8 == 5
-
-
-def test_passed_over_counts_the_samples_before_each_stream_start_in_its_shard():
-    # 2 ranks x 1 worker over 3 + 5 samples: rank 1 starts at sample 4, one sample into the second shard
-    assert passed_over([3, 5], per_rank=4, batch_size=4, world_size=2, num_workers=1) == 1
-    assert passed_over([4, 4], per_rank=4, batch_size=4, world_size=2, num_workers=1) == 0
-    # one 8-sample shard read by 2 ranks x 2 workers, one batch of 2 each: streams start at 0, 2, 4, 6
-    assert passed_over([8], per_rank=4, batch_size=2, world_size=2, num_workers=2) == 2 + 4 + 6
 
 
 def test_simulated_ranks_and_workers_see_each_pair_at_most_once_in_equal_batches(tmp_path, monkeypatch):
