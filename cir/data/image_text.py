@@ -13,17 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 from cir.config import ConfigError
 from cir.data.embed_text import load_text_embedding_meta
 from cir.data.shards import expand_shard_urls, image_text_loader, image_text_pipeline
+from cir.data.training_position import TrainingPosition
 from cir.data.transforms import NormaliseOnDevice, Uint8RandomResizedCrop
 from cir.data.validation import ZeroShotValidationData
 
 
-class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.LightningDataModule):
+class ImageTextDataModule(TrainingPosition, NormaliseOnDevice, ZeroShotValidationData, L.LightningDataModule):
     """Builds the shard loader once the process group exists, so shards split by the real rank.
 
-    Its checkpoint state is where training stands in the data (`training_position`): Lightning restores a
-    DataModule before it first asks for the training loader, which it may do before it restores the loops (to
-    count the steps of an epoch for the LR schedule: trainer.estimated_stepping_batches), too early for the
-    loader's own state (as checkpoints written before hold it: ResumableLoader) to reach it.
+    Its checkpoint state is where training stands in the data (TrainingPosition); checkpoints written before
+    hold it as the loader's own state (ResumableLoader).
     """
 
     def __init__(
@@ -47,15 +46,6 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
         self.num_workers = num_workers
         self.pipeline_options = pipeline_options
         self.resume_at: dict[str, int] = {}
-
-    def state_dict(self) -> dict[str, int]:
-        if self.trainer is None:
-            return {}
-        epoch, batches = self.training_position()
-        return {"epoch": epoch, "batches": batches}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.resume_at = dict(state_dict)
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -83,20 +73,6 @@ class ImageTextDataModule(NormaliseOnDevice, ZeroShotValidationData, L.Lightning
             raise ConfigError("config key `data.decode`: cuda decodes on the training GPU, and this run trains on "
                               f"{self.trainer.strategy.root_device if self.trainer else 'no trainer'}; use data.decode=cpu")
         return image_text_loader(pipeline, self.num_workers, pin_memory=pin)
-
-    def training_position(self) -> tuple[int, int]:
-        """(epoch, batches of it trained): where a run resumed from a checkpoint saved now picks up the data.
-
-        An epoch Lightning has counted as finished (one that max_steps stopped too) is over: a resumed run
-        starts the next one at its first batch, as Lightning's loops do.
-        """
-        epochs = self.trainer.fit_loop.epoch_progress.current
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        if epochs.completed == epochs.started:
-            return self.trainer.current_epoch, 0
-        if progress.is_last_batch:
-            return self.trainer.current_epoch + 1, 0
-        return self.trainer.current_epoch, progress.current.processed
 
 
 def decode_on(decode: str) -> str:

@@ -193,4 +193,5 @@ def build(cfg: DictConfig) -> tuple[SupervisedTuning, TripletDataModule]:
         raise ConfigError(f"config key `supervised.train`: {err}") from None
     module = SupervisedTuning(OmegaConf.to_container(cfg, resolve=True))
     dataset = TripletDataset(triplets, training_transform(cfg, module.backbone), module.backbone.tokenize)
-    return module, TripletDataModule(dataset, cfg.data.batch_size, resolve_workers(cfg.data.num_workers, "data.num_workers"))
+    workers = resolve_workers(cfg.data.num_workers, "data.num_workers")
+    return module, TripletDataModule(dataset, cfg.data.batch_size, workers, seed=cfg.seed)

@@ -1,4 +1,5 @@
-"""Training triplets from the official layouts: which files, which captions, missing images, batches, DDP split.
+"""Training triplets from the official layouts: which files, which captions, missing images, batches, DDP split,
+random draws that are a function of (seed, epoch, triplet), and the resumed epoch.
 
 Expected triplets are read straight from the annotation JSON; images are the
 fixtures' solid colours, so a tensor tells which file it came from.
@@ -7,12 +8,13 @@ fixtures' solid colours, so a tensor tells which file it came from.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import functional as TF
 
@@ -110,17 +112,57 @@ def test_loader_shuffles_full_batches_only(cirr_root):
     assert references.shape == targets.shape == (16, 3, 8, 8) and tokens.shape == (16, 2)
 
 
+def loader_on(dataset: TripletDataset, batch_size: int, rank: int = 0, world: int = 1, **resume_at: int):
+    """The DataModule's training loader as rank `rank` of `world` sees it, resumed at `resume_at` when given."""
+    module = TripletDataModule(dataset, batch_size=batch_size, num_workers=0, seed=0)
+    module.trainer = SimpleNamespace(world_size=world, global_rank=rank,
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    module.load_state_dict(resume_at)
+    return module.train_dataloader()
+
+
 def test_ddp_ranks_get_disjoint_shares_and_the_same_batch_count(cirr_root):
-    """What Lightning does under DDP: swap in a DistributedSampler, keeping batch size and drop_last."""
+    """Each rank draws its share of one (seed, epoch) order: a DistributedSampler, which Lightning keeps under DDP."""
     dataset = TripletDataset(load_triplets("cirr", cirr_root, "val"), to_tensor, fake_tokenize)
-    loader = TripletDataModule(dataset, batch_size=8, num_workers=0).train_dataloader()
-    shares = []
-    for rank in range(3):
-        sampler = DistributedSampler(dataset, num_replicas=3, rank=rank, shuffle=True, seed=0)
-        shares.append(_row_ids(dataset, _update_dataloader(loader, sampler)))
+    loaders = [loader_on(dataset, 8, rank, 3) for rank in range(3)]
+    assert all(isinstance(loader.sampler, DistributedSampler) for loader in loaders)
+    shares = [_row_ids(dataset, loader) for loader in loaders]
     assert [len(s) for s in shares] == [1, 1, 1]  # 14 each (40 padded to 42), one full batch of 8
     flat = [i for s in shares for b in s for i in b]
     assert all(len(b) == 8 for s in shares for b in s) and len(set(flat)) == len(flat) == 24
+
+
+def test_the_order_is_a_function_of_seed_and_epoch_and_a_resumed_epoch_starts_after_the_trained_batches(cirr_root):
+    dataset = TripletDataset(load_triplets("cirr", cirr_root, "val"), to_tensor, fake_tokenize)
+    loader = loader_on(dataset, 8)
+    torch.manual_seed(0)
+    epoch0 = _row_ids(dataset, loader)
+    torch.manual_seed(1)  # the global generator's history does not matter
+    assert _row_ids(dataset, loader) == epoch0
+    loader.sampler.set_epoch(1)
+    epoch1 = _row_ids(dataset, loader)
+    assert epoch1 != epoch0
+    assert _row_ids(dataset, loader_on(dataset, 8, epoch=1, batches=3)) == epoch1[3:]
+    assert _row_ids(dataset, loader_on(dataset, 8, epoch=0, batches=0)) == epoch0
+
+
+def test_a_triplets_crops_are_a_function_of_its_draw_not_of_the_generators_history(cirr_root):
+    """The random transform draws from torch's and Python's generators, seeded by the sampler's (seed, epoch, index)."""
+    def jitter(image) -> torch.Tensor:
+        return to_tensor(image) + torch.rand(1) + random.random()
+
+    dataset = TripletDataset(load_triplets("cirr", cirr_root, "val"), jitter, fake_tokenize)
+    sampler = loader_on(dataset, 8).sampler
+    draws = list(sampler)
+    first = dataset[draws[0]]
+    torch.manual_seed(5), random.seed(5)
+    assert all(torch.equal(a, b) for a, b in zip(dataset[draws[0]], first))
+    state = torch.get_rng_state()
+    assert not torch.equal(dataset[draws[1]][0], first[0])
+    assert torch.equal(torch.get_rng_state(), state)  # the model's randomness (dropout) is left as it was
+    sampler.set_epoch(1)
+    again = next(d for d in sampler if d.index == draws[0].index)
+    assert not torch.equal(dataset[again][0], first[0])  # a new epoch, new crops
 
 
 def test_too_few_triplets_for_a_batch_is_a_clear_error(cirr_root):
