@@ -1,6 +1,7 @@
 """When a run's folder counts as done: one completion record, written last, naming the outputs and what made them.
 
-`cir.fit` and `cir.evaluate` write `<output_dir>/completion.json` twice: at the
+`cir.fit`, `cir.evaluate`, `cir.submit` and a `task: synth` config (cir.data.synth.settings) write
+`<output_dir>/completion.json` twice: at the
 start `{"state": "running", "fingerprint": ...}` (which replaces the record of
 an earlier run, so a folder being rewritten is never done), and after every
 output is written `{"state": "done", ...}` with the outputs (path and size) and
@@ -126,10 +127,12 @@ def model_config_file(name: str) -> Path | None:
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What determines a fit's or an evaluation's result, from its config (see the module docstring)."""
-    model = model_config_file(str(cfg.model.name))
+    """What determines a run's result, from its config (see the module docstring); a config without a model
+    (the generated benchmark's) is its config alone."""
+    name = OmegaConf.select(cfg, "model.name")
+    model = model_config_file(str(name)) if name is not None else None
     weights: dict[str, Any] = {}
-    for value in (cfg.model.pretrained, OmegaConf.select(cfg, "init_from"), cfg.model.name):
+    for value in (OmegaConf.select(cfg, "model.pretrained"), OmegaConf.select(cfg, "init_from"), name):
         if value is not None and Path(str(value)).exists() and not str(value).endswith(".json"):
             weights |= stat_ids(str(value))  # a checkpoint file, or a save_pretrained folder (BLIP)
     data: dict[str, Any] = {}

@@ -140,3 +140,67 @@ def test_an_image_replaced_in_place_undoes_an_evaluation(tmp_path) -> None:
 @pytest.mark.parametrize("value", ["pipe:curl -s http://example.com/a.tar", ["http://example.com/a.tar"]])
 def test_streamed_shards_are_taken_on_trust(value) -> None:
     assert completion.local_paths(value) == []
+
+
+class Killed(BaseException):
+    """Stands for a kill: nothing after it runs."""
+
+
+DEFAULTS = Path(__file__).resolve().parent / "configs" / "defaults.yaml"
+
+
+def test_a_submission_killed_after_its_files_is_not_done_and_a_finished_one_names_every_output(cirr_root, tmp_path,
+                                                                                               monkeypatch) -> None:
+    from cir import submit
+    from cir.grid.stages import InProcessCall
+
+    out = tmp_path / "submit"
+    call = InProcessCall("submit", DEFAULTS, ("model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}",
+                                              "eval.cache_dir=null", "data.num_workers=0", "trainer.accelerator=cpu",
+                                              "trainer.enable_progress_bar=false", f"output_dir={out}"), out)
+
+    def killed(*_args) -> None:
+        raise Killed
+
+    monkeypatch.setattr(submit, "export_features", killed)  # runs after the submission files are written
+    with pytest.raises(Killed):
+        call.run(from_scratch=False)
+    assert list(out.glob("*_submission.json"))
+    assert call.why_not_done() == "interrupted"
+    monkeypatch.undo()
+    call.run(from_scratch=False)
+    assert call.why_not_done() is None
+    assert set(completion.read(out)["outputs"]) == {
+        "config.yaml", "cirr_test1_recall_submission.json", "cirr_test1_recall_subset_submission.json"}
+    (out / "cirr_test1_recall_submission.json").unlink()
+    assert call.why_not_done() == "output cirr_test1_recall_submission.json missing or changed"
+
+
+def test_a_generated_benchmark_is_done_by_its_record_not_by_its_marker(tmp_path, monkeypatch) -> None:
+    """Killed once every file is written but before its record, or with a file gone since, it is not done."""
+    from cir.data.synth import settings
+    from cir.grid.stages import InProcessCall
+
+    config = tmp_path / "synth.yaml"
+    config.write_text("task: synth\nsynth: {image_size: 16, pretrain_samples: 8, tune_samples: 8, train_queries: 8, "
+                      "val_queries: 8, test_queries: 8, shard_size: 64}\n")
+    out = tmp_path / "synth"
+    call = InProcessCall("synth", config, (f"output_dir={out}",), out)
+    real = settings.generate
+
+    def generate_then_killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(settings, "generate", generate_then_killed)
+    with pytest.raises(Killed):
+        call.run(from_scratch=False)
+    assert call.why_not_done() == "interrupted" and call.resumable()
+    monkeypatch.undo()
+    call.run(from_scratch=False)
+    assert call.why_not_done() is None
+    named = set(completion.read(out)["outputs"])
+    assert named == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != completion.RECORD}
+    image = next(p for p in sorted(out.glob("cirr/**/*.png")))
+    image.unlink()
+    assert call.why_not_done() == f"output {image.relative_to(out)} missing or changed"

@@ -17,10 +17,9 @@ from omegaconf import DictConfig
 
 from cir import completion
 from cir.config import check_kwargs, require, to_yaml
+from cir.config_checks import check_eval_config
 from cir.data.inputs import watch_inputs
 from cir.data.retrieval_benchmarks.configured import SKIPPED_IMAGES, SKIPPED_QUERIES
-from cir.data.retrieval_benchmarks.fashioniq import FASHIONIQ_CAPTIONS
-from cir.data.retrieval_benchmarks.genecis import GENECIS_TASKS
 from cir.distributed import is_global_zero
 from cir.evaluation.encoding import ZeroShotEvaluation
 from cir.evaluation.evaluator import BenchmarkEvaluator
@@ -34,35 +33,13 @@ from cir.io import atomic_path, atomic_write_text, write_json
 from cir.metrics import target_rank
 from cir.models import Backbone, create_backbone
 from cir.schema import PAPER_ALPHA
-from cir.slerp import METHODS, method_key
+from cir.slerp import method_key
 from cir.workers import resolve_workers
 
-MISSING_POLICIES = ("error", "skip")  # eval.missing_images
 EXAMPLE_RANK_DEPTH = 1000  # the example grid names the target's rank down to this depth
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """Impossible values fail here, before any model is built or image read."""
-    require(cfg.data.name in PAPER_ALPHA, "data.name", f"one of {sorted(PAPER_ALPHA)}", cfg.data.name)
-    for i, alpha in enumerate(cfg.eval.alphas):
-        require(0.0 <= alpha <= 1.0, f"eval.alphas[{i}]", "a value in [0, 1]", alpha)
-    require(0.0 <= paper_alpha(cfg) <= 1.0, "eval.paper_alpha", "a value in [0, 1]", cfg.eval.paper_alpha)
-    for i, method in enumerate(cfg.eval.methods):
-        require(method in METHODS, f"eval.methods[{i}]", f"one of {list(METHODS)}", method)
-    require(cfg.eval.block_size > 0, "eval.block_size", "a positive integer", cfg.eval.block_size)
-    require(cfg.eval.examples >= 0, "eval.examples", "0 or more", cfg.eval.examples)
-    require(cfg.data.batch_size > 0, "data.batch_size", "a positive integer", cfg.data.batch_size)
-    resolve_workers(cfg.data.num_workers, "data.num_workers")
-    check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", cfg.data.genecis.tasks, "data")
-    require(cfg.eval.missing_images in MISSING_POLICIES, "eval.missing_images", f"one of {list(MISSING_POLICIES)}",
-            cfg.eval.missing_images)
 
-
-def check_protocol_keys(captions: str, captions_key: str, tasks, data_key: str) -> None:
-    """FashionIQ's caption protocol and GeneCIS's tasks, refused by key before anything is loaded."""
-    require(captions in FASHIONIQ_CAPTIONS, captions_key, f"one of {list(FASHIONIQ_CAPTIONS)}", captions)
-    for i, task in enumerate(tasks):
-        require(task in GENECIS_TASKS, f"{data_key}.genecis.tasks[{i}]", f"one of {list(GENECIS_TASKS)}", task)
 
 
 def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: dict) -> torch.device | None:
@@ -79,8 +56,8 @@ def encode(evaluator: BenchmarkEvaluator, backbone: Backbone, trainer_kwargs: di
 def prepare(cfg: DictConfig, split: str | None = None, missing_policy: str = "error"
             ) -> tuple[Backbone, BenchmarkEvaluator, dict, list[float]]:
     """Shared by evaluate and submit: validated config -> backbone, evaluator, trainer kwargs, alphas.
-    `missing_policy`: eval.missing_images for an evaluation; a test-server file needs every query ("error")."""
-    check_eval_config(cfg)
+    `missing_policy`: eval.missing_images for an evaluation; a test-server file needs every query ("error").
+    The config has passed its command's checks (cir.config_checks)."""
     trainer_kwargs = check_kwargs(cfg.trainer, L.Trainer, "trainer")
     L.seed_everything(cfg.seed, verbose=False)
     benches = benchmark_splits(cfg.data, split, cfg.eval.fashioniq_captions, missing_policy)
@@ -107,9 +84,7 @@ def validation_evaluator(cfg: DictConfig) -> BenchmarkEvaluator | None:
     """Zero-shot evaluation as a training run's validation (no feature cache: the weights change every step)."""
     if not cfg.eval.benchmarks:
         return None
-    for i, bench_cfg in enumerate(cfg.eval.benchmarks):
-        check_protocol_keys(cfg.eval.fashioniq_captions, "eval.fashioniq_captions", bench_cfg.genecis.tasks,
-                            f"eval.benchmarks[{i}]")
+
     benches = [b for bench_cfg in cfg.eval.benchmarks for b in benchmark_splits(bench_cfg, None, cfg.eval.fashioniq_captions)]
     alphas = sorted({*cfg.eval.alphas, *(PAPER_ALPHA[b.name] for b in cfg.eval.benchmarks)})
     return BenchmarkEvaluator(
@@ -132,6 +107,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
 
     The completion record (cir.completion) says "running" before anything is read and "done" once every output
     is written, so a folder it calls done holds every output of this very config and inputs."""
+    check_eval_config(cfg)
     made_by = completion.fingerprint(cfg)
     if is_global_zero():
         completion.start(cfg.output_dir, made_by)
@@ -145,9 +121,13 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], BenchmarkEvaluator]:
         metrics |= gap_metrics(measure_gap(backbone, pairs, cfg.data.batch_size))
     if is_global_zero():
         written = write_outputs(cfg, backbone, evaluator, metrics) + export_features(cfg, evaluator)
-        images = {e.bench.image_path(i) for e in evaluator.entries for i in e.index.image_ids}
-        completion.finish(cfg.output_dir, made_by, written, inputs, images)
+        completion.finish(cfg.output_dir, made_by, written, inputs, encoded_images(evaluator))
     return metrics, evaluator
+
+
+def encoded_images(evaluator: BenchmarkEvaluator) -> set[Path]:
+    """Every benchmark image the evaluator encoded (a completion record names them)."""
+    return {e.bench.image_path(i) for e in evaluator.entries for i in e.index.image_ids}
 
 
 def export_features(cfg: DictConfig, evaluator: BenchmarkEvaluator) -> list[Path]:

@@ -2,12 +2,11 @@
 
 A call is one `python -m cir.fit | cir.evaluate | cir.submit | cir.data.synth`
 with a stage YAML and overrides, run in a process of its own or (InProcessCall)
-in this one. A fit or evaluation counts as done when its completion record
+in this one. A call counts as done when its completion record
 (cir.completion) says done with the fingerprint it would run with now (config,
-model config JSON, weights, data) and every output it names is there; a
-synth or submit call when its outputs exist and the config.yaml in its
-folder equals the config it would run with now. A fit whose folder holds an
-interrupted run of the same fingerprint resumes there; any other call that is
+model config JSON, weights, data) and every output it names is there. A fit or
+synth whose folder holds an interrupted run of the same fingerprint resumes
+there (the generator starts its files afresh); any other call that is
 not done starts from an empty folder (so cir.fit never resumes a checkpoint of
 another config). Stages that read the output of a stage that ran rerun too,
 from scratch.
@@ -26,22 +25,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cir import completion
-from cir.completion import config_text
-from cir.config import ConfigError, check_kwargs, load_config, to_yaml
+from cir.config import ConfigError, load_config
 from cir.data.synth import settings as synth_settings
 from cir.grid.children import run_child
-from cir.io import atomic_write_text
 from cir.schema import EvaluateConfig, FitConfig
 
-CONFIG_FILE = "config.yaml"  # cir.fit, cir.evaluate and cir.data.synth write their config here; for cir.submit the runner does
 MODULES = {"fit": "cir.fit", "evaluate": "cir.evaluate", "submit": "cir.submit", "synth": "cir.data.synth"}
 CLIS = tuple(MODULES)
 SCHEMAS = {"fit": FitConfig, "evaluate": EvaluateConfig, "submit": EvaluateConfig, "synth": synth_settings.SynthRunConfig}
 STDOUT_LOG = "stdout.log"  # an in-process evaluation's printed table
-SUBMISSION_GLOB = "*_submission.json"
 
 @functools.lru_cache(maxsize=1024)
 def _load(cli: str, config: Path, overrides: tuple[str, ...], modified_ns: int) -> DictConfig:
@@ -69,40 +64,16 @@ class CliCall:
         return copy.deepcopy(_load(self.cli, self.config, self.overrides, self.config.stat().st_mtime_ns))
 
     def resolve(self) -> DictConfig:
-        """The config the CLI will run with, validated the way the CLI validates it."""
-        import lightning as L  # the checks need the training and evaluation code; loading a config does not
-
-        from cir.evaluation.run import check_eval_config
-        from cir.training import check_fit_config
+        """The config the CLI will run with, validated by the checks the CLI runs first (cir.config_checks)."""
+        from cir.config_checks import check_config  # it reads Lightning's Trainer; loading a config does not
 
         cfg = self.load()
-        if self.cli == "synth":
-            synth_settings.check_synth_config(cfg)
-            return cfg
-        if self.cli == "fit":
-            check_fit_config(cfg)
-        else:
-            check_eval_config(cfg)
-        check_kwargs(cfg.trainer, L.Trainer, "trainer")
+        check_config(self.cli, cfg)
         return cfg
-
-    @property
-    def recorded(self) -> bool:
-        """Whether the CLI keeps a completion record (cir.fit, cir.evaluate)."""
-        return self.cli in ("fit", "evaluate")
-
-    def same_config(self) -> bool:
-        """The folder's config.yaml is the one this call would run with (the launch shape aside, see
-        cir.completion.LAUNCH_KEYS)."""
-        written = self.out / CONFIG_FILE
-        return written.is_file() and config_text(OmegaConf.create(written.read_text())) == config_text(self.load())
 
     def why_not_done(self) -> str | None:
         """None when the call's outputs are complete for what it would run with now; else why not, in a few words."""
-        if self.recorded:
-            return completion.why_not_done(self.out, completion.fingerprint(self.load()))
-        finished = synth_settings.completed(self.out) if self.cli == "synth" else any(self.out.glob(SUBMISSION_GLOB))
-        return None if finished and self.same_config() else "not finished with this config"
+        return completion.why_not_done(self.out, completion.fingerprint(self.load()))
 
     def done(self) -> bool:
         return self.why_not_done() is None
@@ -110,17 +81,12 @@ class CliCall:
     def resumable(self) -> bool:
         """The folder holds an interrupted run of this very call, to go on with (a fit or synth; an evaluation or
         submission starts afresh, leaving nothing of an earlier attempt beside its outputs)."""
-        if self.cli == "fit":
-            return completion.same_run(self.out, completion.fingerprint(self.load()))
-        return self.cli == "synth" and self.same_config()
+        return self.cli in ("fit", "synth") and completion.same_run(self.out, completion.fingerprint(self.load()))
 
     def prepare(self, from_scratch: bool) -> None:
-        """Empty the folder unless it holds a run to go on with or is done; cir.submit's config is written here."""
+        """Empty the folder unless it holds a run to go on with or is done."""
         if from_scratch or not (self.resumable() or self.done()):
             shutil.rmtree(self.out, ignore_errors=True)
-        if self.cli == "submit":
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / CONFIG_FILE, to_yaml(self.load()))
 
     def run(self, from_scratch: bool) -> None:
         """In a process of its own (failures stay in it) that ends with the grid (cir.grid.children); its output goes

@@ -1,8 +1,9 @@
 """The generated benchmark as a config (`task: synth`), so that a grid can run it as one of its stages.
 
 `python -m cir.data.synth CONFIG [key=value ...]` writes the config it ran with
-to <output_dir>/config.yaml, as cir.fit and cir.evaluate do: a grid skips the
-stage when that config is unchanged and the generator's marker is there.
+to <output_dir>/config.yaml and keeps a completion record (cir.completion), as
+cir.fit and cir.evaluate do: a grid skips the stage when the record says done
+with this config's fingerprint and every file it names is there.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cir import completion
 from cir.config import ConfigError, require, to_yaml
 from cir.data.synth.writer import (
-    MARKER,
     SHARD_SETS,
     SynthSizes,
     generate,
@@ -67,14 +68,15 @@ def outputs(cfg: DictConfig) -> dict[str, Any]:
             "shards": {s.name: str(out / "shards" / shard_pattern(s.name, settings)) for s in SHARD_SETS}}
 
 
-def completed(out: Path) -> bool:
-    return (out / MARKER).is_file()
-
-
 def run(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
-    """Generate (or find complete) the benchmark; config.yaml first, so an interrupted run is recognised as this one."""
+    """Generate (or find complete) the benchmark: the completion record says running first and, once every file
+    is written, done, naming them all."""
     check_synth_config(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    made_by = completion.fingerprint(cfg)
+    completion.start(out, made_by)
     atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
-    return generate(out, cfg.synth.seed, progress=progress, **sizes(cfg))
+    manifest = generate(out, cfg.synth.seed, progress=progress, **sizes(cfg))
+    completion.finish(out, made_by, [p for p in completion.files(out) if p.name != completion.RECORD])
+    return manifest
