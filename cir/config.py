@@ -23,7 +23,7 @@ from omegaconf import BooleanNode, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cir.logs import setup_logging
-from cir.signals import stop_on_signals
+from cir.signals import RankLost, stop_on_signals
 
 BASE_KEY = "base"
 
@@ -260,11 +260,11 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None, command
 
 @contextlib.contextmanager
 def one_line_errors(debug: bool, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
-    """A user's error (a config, a missing file, a full disk; `also`: the command's own) as one line and exit 2;
-    with `debug`, or for anything else, the traceback."""
+    """A user's error (a config, a missing file, a full disk; `also`: the command's own) or a lost peer rank
+    (cir.signals.RankLost) as one line and exit 2; with `debug`, or for anything else, the traceback."""
     try:
         yield
-    except (ConfigError, InputError, OSError, *also) as err:
+    except (ConfigError, InputError, RankLost, OSError, *also) as err:
         user_fixes = (not isinstance(err, OSError) or isinstance(err, (FileNotFoundError, InputError))
                       or err.errno in FILESYSTEM_ERRNOS)
         if debug or not user_fixes:

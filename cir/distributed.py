@@ -6,6 +6,8 @@ rank 0 of 1), so library code never branches on how it was launched.
 
 from __future__ import annotations
 
+import socket
+
 import torch
 import torch.distributed as dist
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -35,3 +37,17 @@ def rank_slice(n: int) -> slice:
 def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's tensor (first dimensions may differ between ranks)."""
     return torch.cat(gather_all_tensors(tensor)) if world_size() > 1 else tensor
+
+
+def hosts() -> list[tuple[str, str]]:
+    """Every rank's (host name, the address that name resolves to, which gloo connects to), by rank."""
+    name = socket.gethostname()
+    try:
+        here = (name, socket.gethostbyname(name))
+    except OSError:  # a name without an address: gloo then uses another, which a lost peer's message will show
+        here = (name, "")
+    if world_size() == 1:
+        return [here]
+    table: list[tuple[str, str] | None] = [None] * world_size()
+    dist.all_gather_object(table, here)
+    return table

@@ -32,7 +32,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from cir.distributed import hosts
 from cir.signals import note as note_stop
+from cir.signals import note_peers
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ class GracefulInterruption(L.Callback):
             "/".join(signal.Signals(s).name for s in signals) or "no signal", self.checkpoint_path,
             f" (SIGUSR1 also requeues SLURM job {slurm_job_id()})" if REQUEUE_SIGNAL in signals else "",
         )
+        if trainer.world_size > 1:  # a peer lost later is named by its rank and host (cir.signals.rank_lost)
+            note_peers(hosts(), trainer.global_rank)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:

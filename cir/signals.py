@@ -10,12 +10,18 @@ a received signal (a DataLoader worker killed by the same signal) becomes
 cir.preemption.GracefulInterruption, which checkpoints first and exits with the
 same code. A forked child (a DataLoader worker) is ended by the signal as if
 no handler were set.
+
+A run of several processes whose peer dies (killed, out of memory, its node gone)
+fails in the next collective with gloo's "Connection closed by peer [ADDRESS]:PORT";
+the command turns that into RankLost, one line naming the rank and host that were
+lost, from the table of ranks every process noted at train start (`note_peers`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -24,6 +30,10 @@ from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _received: list[int] = []  # the stop signals this command received, whichever handler took them
+_peers: list[tuple[int, str, str]] = []  # (rank, host name, address) of every other rank of the run
+# gloo's message when a collective finds a peer gone: "[.../pair.cc:561] Connection closed by peer [10.0.0.2]:8418",
+# "[...] Read error [10.0.0.2]:8418: Connection reset by peer"
+GLOO_PEER_LOST = re.compile(r"gloo/transport/\S+\] ([^\[\]]+?) \[([^\]]+)\]:\d+(?:: ([^.]+))?")
 
 
 def note(signum: int) -> None:
@@ -35,6 +45,29 @@ def note(signum: int) -> None:
 def received() -> int:
     """The first stop signal this command received (0: none)."""
     return _received[0] if _received else 0
+
+
+def note_peers(peers: list[tuple[str, str]], own: int) -> None:
+    """Every rank's (host name, address), by rank, and this process's rank: where a lost peer is looked up."""
+    _peers[:] = [(rank, host, address) for rank, (host, address) in enumerate(peers) if rank != own]
+
+
+class RankLost(RuntimeError):
+    """A peer of this run of several processes is gone: the message names its rank and host, in one line."""
+
+
+def rank_lost(err: BaseException) -> RankLost | None:
+    """RankLost for gloo's error about a peer that closed or reset its connection, else None. A host's address
+    stands for every rank on it: with several there, the message names them all."""
+    found = GLOO_PEER_LOST.search(str(err))
+    if found is None:
+        return None
+    what, address, why = found.groups()
+    there = [(rank, host) for rank, host, addr in _peers if addr == address]
+    who = (f"rank {' or '.join(str(rank) for rank, _ in there)} on {there[0][1]} ({address})" if there
+           else f"the peer at {address}")
+    return RankLost(f"lost {who}: gloo says {what.lower()}{f': {why.lower()}' if why else ''}; its own output "
+                    "says why it ended, and rerunning the same command resumes from the last checkpoint")
 
 
 class Stopped(SystemExit):
@@ -82,6 +115,9 @@ def stop_on_signals(command: str | None = None) -> Iterator[None]:
     except Stopped as err:
         stopped(command, err)
     except BaseException as err:
+        lost = rank_lost(err)
+        if lost is not None:  # before the signal that the peer's end may have brought (srun --kill-on-bad-exit)
+            raise lost from err
         if not handler.received or (isinstance(err, SystemExit) and err.code not in (None, 0)):
             raise
         stopped(command, Stopped(handler.received))

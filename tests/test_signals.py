@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,16 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from test_interruption import fit_args
 from test_run_lock import HOLD
 
 from cir import evaluate, fit
 from cir.config import ConfigError, run_cli
+from cir.distributed import hosts
 from cir.grid.children import exit_text, run_child
 from cir.models import Backbone
 from cir.preemption import GracefulInterruption
 from cir.run_lock import RunLockedError
-from cir.signals import Stopped, stop_on_signals
+from cir.signals import RankLost, Stopped, note_peers, rank_lost, stop_on_signals
 
 EVAL_ARGS = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
              "trainer.enable_progress_bar=false", "eval.examples=0"]
@@ -71,6 +76,62 @@ def test_an_exception_after_a_signal_is_the_signal(capsys):
             raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Interrupt") from None
     assert stop.value.code == 130
     assert "cir.test: stopped by SIGINT" in capsys.readouterr().err
+
+
+GLOO_CLOSED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+               "[10.77.0.12]:8418. This is typically caused by a remote worker crashing. Check the logs of the remote "
+               "worker before reporting an error. GLHF!")
+
+
+def lose_a_peer(path, overrides):
+    note_peers([("cir-n1", "10.77.0.11"), ("cir-n2", "10.77.0.12")], own=0)
+    raise RuntimeError(GLOO_CLOSED)
+
+
+def test_a_lost_peer_rank_is_one_line_naming_its_rank_and_host_and_the_traceback_is_for_debug(capsys):
+    with pytest.raises(SystemExit) as end:
+        run_cli(lose_a_peer, ["x.yaml"])
+    assert end.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: lost rank 1 on cir-n2 (10.77.0.12): gloo says connection closed by peer; its own output says why it "
+        "ended, and rerunning the same command resumes from the last checkpoint",
+        "(rerun with --debug for the traceback)"]
+    with pytest.raises(RankLost, match="lost rank 1 on cir-n2"):
+        run_cli(lose_a_peer, ["x.yaml", "--debug"])
+
+
+def test_a_lost_peer_names_every_rank_on_its_host_but_this_one_and_an_unknown_address_as_is():
+    note_peers([("a", "10.0.0.1"), ("a", "10.0.0.1"), ("b", "10.0.0.2"), ("b", "10.0.0.2")], own=1)
+    reset = "[../third_party/gloo/gloo/transport/tcp/pair.cc:589] Read error [10.0.0.2]:31345: Connection reset by peer"
+    assert str(rank_lost(RuntimeError(reset))).startswith(
+        "lost rank 2 or 3 on b (10.0.0.2): gloo says read error: connection reset by peer;")
+    assert str(rank_lost(RuntimeError(reset.replace("10.0.0.2", "10.0.0.1")))).startswith("lost rank 0 on a (10.0.0.1):")
+    assert str(rank_lost(RuntimeError(reset.replace("10.0.0.2", "10.0.0.9")))).startswith("lost the peer at 10.0.0.9:")
+    assert rank_lost(RuntimeError("CUDA out of memory")) is None
+
+
+def _lose_rank_one(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    note_peers(hosts(), rank)
+    if rank == 1:
+        os._exit(0)  # gone without a word, as a killed process
+    try:
+        dist.all_reduce(torch.ones(1))
+    except RuntimeError as err:
+        Path(out).write_text(str(rank_lost(err)))
+
+
+@pytest.mark.ddp
+def test_a_real_gloo_group_that_loses_a_rank_names_it(tmp_path):
+    """gloo's own message, not a copy: the peer's address is the one its host name resolves to (cir.distributed.hosts)."""
+    out = tmp_path / "lost.txt"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_lose_rank_one, args=(port, str(out)), nprocs=2, join=True, start_method="fork")
+    host = socket.gethostname()
+    assert out.read_text().startswith(f"lost rank 1 on {host} ({socket.gethostbyname(host)}): gloo says ")
 
 
 def test_an_evaluation_into_a_folder_another_holds_stops_before_any_model(cirr_root, tmp_path, monkeypatch):
