@@ -182,8 +182,8 @@ def saved_backbone(model: str = "cir-tiny", seed: int = 0) -> Path:
 def fit_config(*overrides: str):
     """A validated cir.fit config (FitConfig schema + overrides), as `python -m cir.fit` would build it."""
     from cir.config import load_config
+    from cir.config_checks import check_fit_config
     from cir.schema import FitConfig
-    from cir.training import check_fit_config
 
     cfg = load_config(FitConfig, None, ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
                                         "checkpoint.every_n_steps=1000000", *overrides])

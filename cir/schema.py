@@ -8,6 +8,8 @@ from typing import Any
 # The paper's Slerp alpha per benchmark (CIRR 0.9, CIRCO 0.8, FashionIQ 0.8). The paper does not report GeneCIS:
 # 0.8, its alpha for CIRCO and FashionIQ, is our choice (README "What the paper specifies and what we chose").
 PAPER_ALPHA = {"cirr": 0.9, "circo": 0.8, "fashioniq": 0.8, "genecis": 0.8}
+# FitConfig's `task:` values, each the module whose `build(cfg) -> (LightningModule, LightningDataModule)` makes it.
+TASKS = {"tat": "cir.tasks.tat", "supervised": "cir.tasks.supervised", "pretrain": "cir.tasks.pretrain"}
 
 
 def _sweep() -> list[float]:

@@ -1,7 +1,7 @@
 """One training run from a validated FitConfig: the Trainer and its callbacks, batch split, resume, run record, export.
 
 `cir.fit` is the command line over `train`; `task:` picks the LightningModule
-from TASKS, each task module providing `build(cfg) -> (LightningModule, LightningDataModule)`.
+from cir.schema.TASKS, each task module providing `build(cfg) -> (LightningModule, LightningDataModule)`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import (
-    LearningRateMonitor,
-    ModelCheckpoint,
-)
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -24,81 +21,28 @@ from omegaconf import DictConfig, OmegaConf
 from cir import completion
 from cir.checkpoint_io import AtomicCheckpointIO
 from cir.config import ConfigError, check_kwargs, require, to_yaml
+from cir.config_checks import check_fit_config
 from cir.data.inputs import watch_inputs
 from cir.data.shards import SKIP_REASONS
 from cir.evaluation.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
-from cir.models.backbone import AUGMENTATION_FIELDS
 from cir.models.export import export_model_name
 from cir.preemption import GracefulInterruption
 from cir.progress import display_callbacks
-from cir.resume import ResumedOptimizer, check_extends, check_resume, newest_checkpoint
+from cir.resume import (
+    ResumedOptimizer,
+    RunCheckpoints,
+    check_extends,
+    check_resume,
+    newest_checkpoint,
+)
 from cir.run_lock import RunLock
-from cir.schema import PAPER_ALPHA
-from cir.slerp import METHODS
+from cir.schema import TASKS
 from cir.tasks.base import ContrastiveTask
-from cir.tasks.tat import LORA_TOWERS
 from cir.throughput import ThroughputMonitor
-from cir.workers import resolve_workers
 
 log = logging.getLogger(__name__)
-
-
-MISSING_KEY = object()
-
-
-def check_fit_config(cfg: DictConfig) -> None:
-    """Impossible values fail before any model is built or shard opened."""
-    require(cfg.task in TASKS, "task", f"one of {sorted(TASKS)}", cfg.task)
-    for i, key in enumerate(cfg.resume.accept_changes):  # a typo would accept nothing and say nothing
-        require(OmegaConf.select(cfg, key, default=MISSING_KEY) is not MISSING_KEY, f"resume.accept_changes[{i}]",
-                "a config key or section of this run", key)
-    require(cfg.model.anchor in LORA_TOWERS, "model.anchor", f"one of {sorted(LORA_TOWERS)}", cfg.model.anchor)
-    lora = cfg.model.lora
-    require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
-    require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
-    require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
-    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
-            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
-    require(cfg.data.batch_size is None or cfg.data.batch_size > 0, "data.batch_size", "a positive per-device batch",
-            cfg.data.batch_size)
-    require(cfg.data.batch_size is not None or cfg.data.global_batch_size is not None, "data.batch_size",
-            "a per-device batch, or data.global_batch_size to derive it from", None)
-    require(cfg.data.global_batch_size is None or cfg.data.global_batch_size > 0, "data.global_batch_size",
-            "a positive batch over all devices", cfg.data.global_batch_size)
-    resolve_workers(cfg.data.num_workers, "data.num_workers")
-    require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
-    require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
-    require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "0 or more", cfg.optim.warmup_steps)
-    require(cfg.checkpoint.every_n_steps > 0, "checkpoint.every_n_steps", "a positive step count", cfg.checkpoint.every_n_steps)
-    if cfg.data.resampled or cfg.data.samples_per_epoch is not None:
-        require(cfg.data.resampled and (cfg.data.samples_per_epoch or 0) > 0, "data.samples_per_epoch",
-                "a positive count together with data.resampled=true", cfg.data.samples_per_epoch)
-    require(not (cfg.data.exact_epoch and cfg.data.resampled), "data.exact_epoch",
-            "false with data.resampled=true (an epoch is either one pass or samples_per_epoch draws)", cfg.data.exact_epoch)
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if cfg.task != "supervised" and isinstance(devices, int) and isinstance(nodes, int) and devices * nodes > 1:
-        # a plain pass splits shards by rank: ranks get different batch counts and DDP hangs at the first missing one
-        require(cfg.data.exact_epoch or cfg.data.resampled, "data.exact_epoch",
-                f"true (or data.resampled=true) for {devices * nodes} processes, so every rank makes the same batches", False)
-    if cfg.data.text_embeddings:
-        require(cfg.task == "tat" and cfg.model.anchor == "text", "data.text_embeddings",
-                "unset unless task=tat with model.anchor=text (cached captions need a frozen text tower)", cfg.data.text_embeddings)
-    for i, bench in enumerate(cfg.eval.benchmarks):
-        require(bench.name in PAPER_ALPHA, f"eval.benchmarks[{i}].name", f"one of {sorted(PAPER_ALPHA)}", bench.name)
-    for i, alpha in enumerate(cfg.eval.alphas):
-        require(0.0 <= alpha <= 1.0, f"eval.alphas[{i}]", "a value in [0, 1]", alpha)
-    for i, method in enumerate(cfg.eval.methods):
-        require(method in METHODS, f"eval.methods[{i}]", f"one of {list(METHODS)}", method)
-
-
-# Each task module provides `build(cfg) -> (LightningModule, LightningDataModule)`.
-TASKS = {
-    "tat": "cir.tasks.tat",
-    "supervised": "cir.tasks.supervised",
-    "pretrain": "cir.tasks.pretrain",
-}
 
 
 def resolve_batch_size(cfg: DictConfig, trainer: L.Trainer) -> None:
@@ -125,7 +69,7 @@ def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]
 
 def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
     return [
-        ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
+        RunCheckpoints(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
                         save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
         ThroughputMonitor(),  # with the model's FLOPs per batch: flops_per_sec and MFU in TensorBoard

@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 
 from cir.browse.session import Gallery
 from cir.config import ConfigError, check_kwargs
+from cir.config_checks import check_eval_config
 from cir.data.retrieval_benchmarks.benchmark import CIRBenchmark
 from cir.evaluation.evaluator import BenchmarkEvaluator
 from cir.evaluation.features import FeatureCache, Features
-from cir.evaluation.run import check_eval_config, encode
+from cir.evaluation.run import encode
 from cir.evaluation.splits import benchmark_splits
 from cir.models import Backbone, create_backbone
 from cir.workers import resolve_workers

@@ -11,6 +11,24 @@ from collections.abc import Iterable, Iterator
 
 from webdataset.utils import PipelineStage, pytorch_worker_info
 
+from cir.config import require
+
+
+def check_epoch_kind(resampled: bool, exact_epoch: bool, samples_per_epoch: int | None, processes: int | None) -> None:
+    """How an epoch is drawn (data.resampled, data.exact_epoch, data.samples_per_epoch) for `processes` ranks (None:
+    not known yet): a plain pass, one exact pass, or samples_per_epoch draws with replacement. Checked on the config
+    (cir.config_checks) and again by the shard pipeline once the process group gives the real count."""
+    if resampled or samples_per_epoch is not None:
+        require(resampled and (samples_per_epoch or 0) > 0, "data.samples_per_epoch",
+                "a positive count together with data.resampled=true", samples_per_epoch)
+    require(not (exact_epoch and resampled), "data.exact_epoch",
+            "false with data.resampled=true (an epoch is either one pass or samples_per_epoch draws)", exact_epoch)
+    if processes is not None and processes > 1:
+        # a plain pass splits shards by rank: ranks get different batch counts and DDP hangs at the first missing one
+        require(exact_epoch or resampled, "data.exact_epoch",
+                f"true (or data.resampled=true with data.samples_per_epoch) for {processes} processes, so every rank "
+                "makes the same number of batches", exact_epoch)
+
 
 class EpochPlan:
     """Which worker's part of the epoch this process makes, and which of those batches were trained on already.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import lightning as L
 import torch
@@ -12,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cir.config import ConfigError
 from cir.data.embed_text import load_text_embedding_meta
+from cir.data.epochs import check_epoch_kind
 from cir.data.shards import expand_shard_urls, image_text_loader, image_text_pipeline
 from cir.data.training_position import TrainingPosition
 from cir.data.transforms import NormaliseOnDevice, Uint8RandomResizedCrop
@@ -33,35 +33,40 @@ class ImageTextDataModule(TrainingPosition, NormaliseOnDevice, ZeroShotValidatio
         batch_size: int,
         num_workers: int,
         decode: str = "cpu",
-        **pipeline_options: Any,
+        *,
+        resampled: bool = False,
+        exact_epoch: bool = False,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        text_embedding_key: str | None = None,
     ) -> None:
-        """pipeline_options: image_text_pipeline's keywords for how an epoch is drawn (resampled, exact_epoch,
-        samples_per_epoch, shuffle_buffer, seed, text_embedding_key), handed on as given. decode: where JPEGs are
-        decoded, cropped and resized (`data.decode`: cpu in the workers, cuda on the training GPU)."""
+        """How an epoch is drawn (resampled, exact_epoch, samples_per_epoch, shuffle_buffer, seed) and
+        text_embedding_key as image_text_pipeline takes them. decode: where JPEGs are decoded, cropped and resized
+        (`data.decode`: cpu in the workers, cuda on the training GPU)."""
         super().__init__()
         self.train_shards = train_shards
         self.image_transform = device_decoding(image_transform) if decode_on(decode) == "cuda" else image_transform
         self.tokenize = tokenize
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.pipeline_options = pipeline_options
+        self.epoch_options = {"resampled": resampled, "exact_epoch": exact_epoch,
+                              "samples_per_epoch": samples_per_epoch, "shuffle_buffer": shuffle_buffer, "seed": seed}
+        self.text_embedding_key = text_embedding_key
         self.resume_at: dict[str, int] = {}
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        options = self.pipeline_options
-        if world_size > 1 and not (options.get("resampled") or options.get("exact_epoch")):
-            # Shards split by rank give ranks different batch counts, and DDP would hang at the first missing step.
-            raise ConfigError(
-                f"config key `data.exact_epoch`: {world_size} processes need data.exact_epoch=true (one pass, ranks in step) "
-                "or data.resampled=true with data.samples_per_epoch, so every rank makes the same number of batches"
-            )
+        options = self.epoch_options
+        # devices: auto (or a SLURM job) names the process count only now: the config's rule, with the real count
+        check_epoch_kind(options["resampled"], options["exact_epoch"], options["samples_per_epoch"], world_size)
         try:
             pipeline = image_text_pipeline(
                 self.train_shards,
                 image_transform=self.image_transform,
-                tokenize=None if options.get("text_embedding_key") else self.tokenize,
+                tokenize=None if self.text_embedding_key else self.tokenize,
                 batch_size=self.batch_size,
+                text_embedding_key=self.text_embedding_key,
                 **options,
             )
         except ValueError as err:  # no usable shard counts: a data problem the user fixes in the config

@@ -34,7 +34,7 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
-from cir.data.epochs import EpochPlan, SplitByWorker, batches_per_rank
+from cir.data.epochs import EpochPlan, SplitByWorker, batches_per_rank, check_epoch_kind
 from cir.data.exact_epoch import ExactEpochLayout, ExactEpochSamples, exact_epoch_layout
 from cir.data.samples import (
     CAPTION_KEY,
@@ -129,12 +129,7 @@ def image_text_pipeline(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if shuffle_buffer < 0:
         raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
-    if resampled and (samples_per_epoch is None or samples_per_epoch < 1):
-        raise ValueError(f"resampled=True needs samples_per_epoch >= 1 (an epoch never ends otherwise), got {samples_per_epoch}")
-    if not resampled and samples_per_epoch is not None:
-        raise ValueError("samples_per_epoch applies to resampled=True only; without resampling an epoch is one pass over the shards")
-    if resampled and exact_epoch:
-        raise ValueError("give at most one of resampled (draws with replacement) and exact_epoch (one pass)")
+    check_epoch_kind(resampled, exact_epoch, samples_per_epoch, None)  # a plain pass splits by rank (ImageTextDataModule)
     shard_urls = expand_shard_urls(urls)
     stats = SkipStats()
     plan = EpochPlan()

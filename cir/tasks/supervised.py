@@ -21,10 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import gather_features
 from torch import Tensor
 
-from cir.config import ConfigError, require
-from cir.data.retrieval_benchmarks import BENCHMARK_NAMES
+from cir.config import ConfigError
 from cir.data.triplets import TripletDataModule, TripletDataset, load_triplets
-from cir.fusion import FUSIONS, SlerpFusion, build_fusion
+from cir.fusion import SlerpFusion, build_fusion
 from cir.models import TOWERS, Backbone, create_backbone, merge_lora
 from cir.tasks.base import ContrastiveTask, training_transform
 from cir.tasks.pretrain import ContrastivePretraining
@@ -170,21 +169,9 @@ class SupervisedTuning(ContrastiveTask):
         return record
 
 
-def check_supervised_config(cfg: DictConfig) -> None:
-    """Impossible supervised values fail before any checkpoint or image is read."""
-    sup = cfg.supervised
-    require(sup.fusion in FUSIONS, "supervised.fusion", f"one of {list(FUSIONS)}", sup.fusion)
-    if sup.fusion == "combiner" or sup.learn_alpha:
-        require(0.0 < sup.alpha < 1.0, "supervised.alpha", "a value strictly inside (0, 1) when it is learned", sup.alpha)
-    require(0.0 <= sup.alpha <= 1.0, "supervised.alpha", "a value in [0, 1]", sup.alpha)
-    require(sup.combiner_hidden > 0, "supervised.combiner_hidden", "a positive width", sup.combiner_hidden)
-    require(0.0 <= sup.combiner_dropout < 1.0, "supervised.combiner_dropout", "a value in [0, 1)", sup.combiner_dropout)
-    require(sup.train.name in BENCHMARK_NAMES, "supervised.train.name", f"one of {list(BENCHMARK_NAMES)}", sup.train.name)
-
-
 def build(cfg: DictConfig) -> tuple[SupervisedTuning, TripletDataModule]:
-    """The module and its triplet DataModule from a validated FitConfig (training images checked first)."""
-    check_supervised_config(cfg)
+    """The module and its triplet DataModule from a FitConfig that cir.config_checks passed (training images
+    checked first)."""
     train = cfg.supervised.train
     try:
         triplets = load_triplets(train.name, train.root, train.split, image_root=train.image_root,

@@ -18,13 +18,12 @@ from cir.data.image_text import ImageTextDataModule, train_shards
 from cir.data.shards import SKIP_REASONS
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
+from cir.models.lora import LORA_TOWERS
 from cir.tasks.base import ContrastiveTask, training_transform
 from cir.workers import resolve_workers
 
+
 # Which towers get LoRA for each anchor (the anchor itself stays frozen).
-LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
-
-
 def build_tat_backbone(cfg: DictConfig) -> Backbone:
     """The backbone with LoRA where the anchor says; everything else frozen.
 

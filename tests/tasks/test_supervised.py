@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from cir import fit, training
 from cir.config import load_config, run_cli
+from cir.config_checks import check_fit_config
 from cir.data.synth import generate, shard_urls
 from cir.data.triplets import TripletDataset, load_triplets
 from cir.fusion import Combiner, SlerpFusion
@@ -198,8 +199,7 @@ def test_cli_from_the_experiment_configs(experiment, synth, tat_run, fashioniq_r
 def test_experiment_configs_hand_off_one_key(tmp_path):
     for experiment in ("sup_cirr_from_tat.yaml", "sup_fashioniq_from_tat.yaml"):
         cfg = load_config(FitConfig, EXPERIMENTS / experiment)
-        training.check_fit_config(cfg)
-        supervised.check_supervised_config(cfg)
+        check_fit_config(cfg)
         assert cfg.task == "supervised" and cfg.init_from == "outputs/tat_vitl/checkpoints/last.ckpt"
         assert cfg.model.name == "ViT-L-14" and cfg.supervised.train.split == "train"
 
