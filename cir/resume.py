@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from cir.checkpoint_io import read_checkpoint
@@ -157,6 +159,19 @@ def check_extends(point: ResumePoint | None, max_epochs: int, max_steps: int) ->
         f"stopped as finished), so max_steps={max_steps} alone trains nothing; raise trainer.max_epochs too, or set "
         "trainer.max_epochs=-1: training goes on with the next epoch (the rest of the stopped one is not seen)"
     )
+
+
+class RunCheckpoints(ModelCheckpoint):
+    """ModelCheckpoint in a run's own checkpoints/ folder, which a resumed run writes to on purpose.
+
+    Lightning warns at setup that the folder "exists and is not empty" (ModelCheckpoint.setup), a note on every
+    resume that reads like a fault; the warning is ignored there only, so a --debug run or the Python API stays quiet.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
 
 class ResumedOptimizer(L.Callback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import webdataset as wds
 from test_interruption import ARGS
@@ -26,3 +27,15 @@ def test_a_finished_run_reports_steps_samples_and_skips_per_reason_in_one_line_a
     assert record["skipped_samples"] == {reason: 2 if reason == "bad_image" else 0 for reason in SKIP_REASONS}
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trained to")]
     assert summary == ["trained to global step 2 (2 steps in this run), 16 samples seen, 2 skipped (bad_image 2)"]
+
+
+def test_a_resumed_run_says_nothing_of_its_checkpoint_folder_being_used(tmp_path, image_text_shards):
+    """Resuming writes to the run's checkpoints/ folder on purpose: Lightning's "exists and is not empty" warning is
+    not raised at all (not only filtered from a command's output, so --debug and the Python API stay quiet too)."""
+    args = [*ARGS, f"data.train_shards={image_text_shards}", f"output_dir={tmp_path / 'run'}", "checkpoint.every_n_steps=1"]
+    fit.main(None, [*args, "trainer.max_steps=1"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit.main(None, [*args, "trainer.max_steps=2"])
+    assert (tmp_path / "run" / "checkpoints" / "step0000002.ckpt").is_file()
+    assert not [str(w.message) for w in caught if "not empty" in str(w.message)]
