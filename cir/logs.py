@@ -8,13 +8,12 @@ import warnings
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Third-party warnings that say nothing about the user's run: a deprecation inside Lightning's own use of torch,
-# a note that the summary's size estimate assumes fp32, the notice that a resumed run's checkpoint folder is
-# not empty (that is what resuming means), and a hint to use srun on any machine that has SLURM installed (a run
-# under slurm/tat.sbatch uses srun; a run started by hand on such a machine is meant to be local).
+# a note that the summary's size estimate assumes fp32, and a hint to use srun on any machine that has SLURM
+# installed (a run under slurm/tat.sbatch uses srun; a run started by hand on such a machine is meant to be local).
+# (A resumed run's "checkpoint folder is not empty" is not raised at all: cir.resume.RunCheckpoints.)
 NOISE_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"Precision .* is not supported by the model summary",
-    r"Checkpoint directory .* exists and is not empty",
     r"The `srun` command is available on your system but is not used",
 )
 
