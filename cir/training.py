@@ -145,9 +145,9 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     trainer = L.Trainer(default_root_dir=str(out), logger=logger, callbacks=[*callbacks(cfg, out), *display_callbacks(trainer_kwargs)],
                         num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()], **trainer_kwargs)
     resolve_batch_size(cfg, trainer)
-    point = newest_checkpoint(out)
-    changes = check_resume(point, OmegaConf.to_container(cfg, resolve=True), list(cfg.resume.accept_changes))
-    check_extends(point, trainer.max_epochs, trainer.max_steps)
+    newest = newest_checkpoint(out)
+    changes = check_resume(newest, OmegaConf.to_container(cfg, resolve=True), list(cfg.resume.accept_changes))
+    check_extends(newest, trainer.max_epochs, trainer.max_steps)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module, data = build_task(cfg)
     module.config_changes = changes
@@ -156,9 +156,9 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         data.attach_validation(functools.partial(evaluator.dataloaders, module.backbone))
     if trainer.is_global_zero:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
-    if point is not None:
-        log.info("resuming from %s (global step %d)", point.path, point.global_step)
-    trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point is not None else None)
+    if newest is not None:
+        log.info("resuming from %s (global step %d)", newest.path, newest.global_step)
+    trainer.fit(module, datamodule=data, ckpt_path=str(newest.path) if newest is not None else None)
     samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
     skipped = skipped_counts(trainer, module)
     check_finished(cfg, trainer, skipped)
@@ -168,7 +168,7 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         record["samples_seen"] = samples
         record["skipped_samples"] = skipped
         log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",
-                 trainer.global_step, trainer.global_step - (point.global_step if point else 0), samples,
+                 trainer.global_step, trainer.global_step - (newest.global_step if newest else 0), samples,
                  sum(skipped.values()), ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none")
         record["export"] = str(export)
         # The name to load the export with: OpenAI weights resolve e.g. ViT-L-14 to ViT-L-14-quickgelu; a config

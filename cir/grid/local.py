@@ -49,7 +49,7 @@ def dry_run(stages: Sequence[Stage], rerun: set[str], fresh: bool, echo: Callabl
     ran = list(ran)
     for stage in stages:
         runs, _ = decide(stage, rerun, fresh, ran)
-        echo(f"  {shlex.join(stage.calls[0].command)}" if runs else f"  {stage.name}: done before, skipped")
+        echo(f"  {shlex.join(stage.call.command)}" if runs else f"  {stage.name}: done before, skipped")
         if runs:
             ran.append(stage.name)
     return ran

@@ -11,12 +11,12 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cir.config import ConfigError, load_config, open_nodes, parse_overrides, read_yaml, require
+from cir.config import ConfigError, check_override_form, load_config, parse_overrides, require
 from cir.data.synth import settings as synth_settings
 from cir.grid.spec import MANDATORY, GridConfig
 from cir.grid.stages import CLIS, SCHEMAS, CliCall, InProcessCall, Stage
@@ -32,18 +32,11 @@ FREE_FORM = ("inputs", "axes", "labels", "stages", "overrides")
 
 def load_grid(path: str | Path, overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """The grid config with grid-level overrides merged (interpolations left for the cells), and the stage overrides."""
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    check_override_form(overrides)
     grid_level = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in GRID_FIELDS]
     axes = [o for o in grid_level if o.startswith("axes.")]
-    cfg = OmegaConf.structured(GridConfig)
-    OmegaConf.set_struct(cfg, True)
-    open_nodes(cfg, FREE_FORM)  # dotted keys (`model.anchor`) in struct mode fail; stage specs stay typed
-    try:
-        cfg = OmegaConf.merge(cfg, read_yaml(Path(path)), OmegaConf.from_dotlist([o for o in grid_level if o not in axes]))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: config key `{getattr(err, 'full_key', '?')}`: {str(err).splitlines()[0]}") from None
+    # FREE_FORM: dotted keys (`model.anchor`) in struct mode fail; stage specs stay typed
+    cfg = load_config(GridConfig, path, [o for o in grid_level if o not in axes], free_form=FREE_FORM, resolve=False)
     for override in axes:
         set_axis(cfg, *override.split("=", 1))
     require(cfg.task == "grid", "task", "grid", cfg.task)
@@ -74,7 +67,7 @@ def set_axis(cfg: DictConfig, key: str, value: str) -> None:
     cfg.axes[name] = values
 
 
-def _text(value: Any) -> str:
+def override_text(value: Any) -> str:
     """An override's value as text the override parser reads back as `value` (plain where that is safe)."""
     if isinstance(value, str) and value and not set(value) & set("[]{},:'\"#&*!|>%@`= "):
         try:
@@ -83,6 +76,15 @@ def _text(value: Any) -> str:
         except OmegaConfBaseException:
             pass
     return json.dumps(value)
+
+
+class Override(NamedTuple):
+    """One `key=value` of a stage, in a cell: a YAML value (interpolated, then written as text the parser reads
+    back) or, `as_typed`, command-line text passed on as typed."""
+
+    key: str
+    value: Any
+    as_typed: bool = False
 
 
 @dataclass
@@ -94,8 +96,7 @@ class Cell:
     labels: dict[str, str]
     enabled: dict[str, bool]
     configs: dict[str, Path]
-    # stage -> [(key, value, raw)]: raw values are command-line text, the others YAML values (interpolated)
-    overrides: dict[str, list[tuple[str, Any, bool]]] = field(default_factory=dict)
+    overrides: dict[str, list[Override]] = field(default_factory=dict)  # per stage
 
 
 class Grid:
@@ -166,14 +167,14 @@ class Grid:
                         {s: [] for s in self.stage_names})
             for stage in self.stage_names:
                 own = OmegaConf.to_container(self.cfg.stages[stage].overrides, resolve=False)
-                cell.overrides[stage] += [(k, v, False) for k, v in own.items()]
+                cell.overrides[stage] += [Override(k, v) for k, v in own.items()]
             for _, setting in combo:
                 for key, value in setting:
                     self._apply(cell, str(key), value)
-            for layer, raw in ((self.common, False), (self.cli, True)):
+            for layer, as_typed in ((self.common, False), (self.cli, True)):
                 for routed in layer:
                     for stage, key, value in routed:
-                        cell.overrides[stage].append((key, value, raw))
+                        cell.overrides[stage].append(Override(key, value, as_typed))
             cells.append(cell)
         names = [c.name for c in cells]
         require(len(set(names)) == len(names), "axes", "values that give every cell its own name", names)
@@ -192,7 +193,7 @@ class Grid:
         else:
             for stage, k, v in self._route(key, value, f"axis value of cell {cell.name}"):
                 self._not_shared(cell, stage, k)
-                cell.overrides[stage].append((k, v, False))
+                cell.overrides[stage].append(Override(k, v))
 
     def _not_shared(self, cell: Cell, stage: str, key: str) -> None:
         if stage in self.shared:
@@ -214,38 +215,39 @@ class Grid:
         outputs = {s: self._outputs(cell, s) for s in sorted(referenced | set(needs))}
         context = {"cell": cell.name, "root": str(self.root), "stage": outputs, "needs": [outputs[n] for n in needs],
                    "inputs": {k: v for k, v in self.inputs.items() if v != MANDATORY}}
-        final = self._final(cell, stage)
+        effective = self._effective_overrides(cell, stage)
         try:
-            values = OmegaConf.to_container(OmegaConf.create({**context, "_values": [v for v, _ in final.values()]}),
+            values = OmegaConf.to_container(OmegaConf.create({**context, "_values": [o.value for o in effective]}),
                                             resolve=True)["_values"]
         except OmegaConfBaseException as err:
             raise ConfigError(f"stage {stage} of cell {cell.name}: {str(err).splitlines()[0]}") from None
-        texts = [f"{k}={v if raw else _text(v)}" for (k, (_, raw)), v in zip(final.items(), values)]
+        texts = [f"{o.key}={v if o.as_typed else override_text(v)}" for o, v in zip(effective, values)]
         out = self.folder(cell, stage)
         kind = InProcessCall if self.cfg.in_process else CliCall
         return kind(self.cfg.stages[stage].cli, cell.configs[stage], (*texts, f"output_dir={out}"), out)
 
-    def _final(self, cell: Cell, stage: str) -> dict[str, tuple[Any, bool]]:
-        """key -> (value, raw) after every layer, the last one winning; `???` left over is an error naming the key."""
-        final: dict[str, tuple[Any, bool]] = {}
-        for key, value, raw in cell.overrides[stage]:
-            final.pop(key, None)
-            final[key] = (value, raw)
-        missing = [k for k, (v, _) in final.items() if v == MANDATORY]
+    def _effective_overrides(self, cell: Cell, stage: str) -> list[Override]:
+        """The stage's overrides after every layer, the last one of a key winning (in the order of the keys' last
+        setting); `???` left over is an error naming the key."""
+        final: dict[str, Override] = {}
+        for override in cell.overrides[stage]:
+            final.pop(override.key, None)
+            final[override.key] = override
+        missing = [k for k, o in final.items() if o.value == MANDATORY]
         if missing and cell.enabled[stage]:
             raise ConfigError(f"config key `{stage}.{missing[0]}`: mandatory, give it on the command line "
                               f"({stage}.{missing[0]}=... or {missing[0]}=...)")
-        inputs = set(re.findall(r"\$\{inputs\.(\w+)\}", str([v for v, _ in final.values()])))
+        inputs = set(re.findall(r"\$\{inputs\.(\w+)\}", str([o.value for o in final.values()])))
         unset = sorted(name for name in inputs if self.inputs.get(name, MANDATORY) == MANDATORY)
         if unset and cell.enabled[stage]:
             raise ConfigError(f"config key `inputs.{unset[0]}`: mandatory, give it on the command line "
                               f"(inputs.{unset[0]}=...; stage {stage} reads it)")
-        return {k: item for k, item in final.items() if item[0] != MANDATORY}
+        return [o for o in final.values() if o.value != MANDATORY]
 
     def check_mandatory(self) -> None:
         for cell in self.cells:
             for stage in self.stage_names:
-                self._final(cell, stage)
+                self._effective_overrides(cell, stage)
 
     def _before(self, stage: str) -> list[str]:
         return self.stage_names[: self.stage_names.index(stage)]
@@ -302,11 +304,11 @@ class Grid:
     def check_data_root(self, stage: Stage) -> None:
         """An evaluation's benchmark root must exist before any stage runs, unless it lies in the grid's folder,
         where an earlier stage (a synth) writes it."""
-        for call in stage.calls:
-            if call.cli in ("evaluate", "submit"):
-                root = Path(call.load().data.root).expanduser().resolve()
-                if not root.exists() and self.root not in root.parents:
-                    raise ConfigError(f"grid stage {stage.name}: config key `data.root`: {root} does not exist")
+        call = stage.call
+        if call.cli in ("evaluate", "submit"):
+            root = Path(call.load().data.root).expanduser().resolve()
+            if not root.exists() and self.root not in root.parents:
+                raise ConfigError(f"grid stage {stage.name}: config key `data.root`: {root} does not exist")
 
     def shared_stages(self) -> list[Stage]:
         """The enabled shared stages (their config is the same in every cell: no axis reaches them)."""
@@ -319,7 +321,7 @@ class Grid:
 
 
 class GridStage(Stage):
-    """One stage of one cell; `calls` are rebuilt on every access, so they see what earlier stages wrote."""
+    """One stage of one cell; its call is rebuilt on every access, so it sees what earlier stages wrote."""
 
     def __init__(self, grid: Grid, cell: Cell, name: str) -> None:
         spec = grid.cfg.stages[name]
@@ -328,9 +330,5 @@ class GridStage(Stage):
         self.grid, self.cell = grid, cell
 
     @property
-    def calls(self) -> tuple[CliCall, ...]:  # type: ignore[override]
-        return (self.grid.call(self.cell, self.name),)
-
-    @calls.setter
-    def calls(self, value: tuple[CliCall, ...]) -> None:
-        """Stage.__init__ sets an empty tuple; the calls come from the grid."""
+    def call(self) -> CliCall:
+        return self.grid.call(self.cell, self.name)

@@ -55,14 +55,14 @@ class Submitter:
         self.ids: dict[str, str | None] = {}  # call key -> job id to wait on (None: done, nothing to wait on)
         self.submitted: dict[str, dict[str, Any]] = {}
         self.groups: dict[tuple[str, ...], list[tuple[str, CliCall]]] = {}
-        self.fake = 0
+        self.dry_jobs = 0  # job ids a dry run makes up
 
     def sbatch(self, options: list[str], tail: list[str]) -> str:
         command = ["sbatch", "--parsable", *options, *tail]
         self.echo(shlex.join(command))
         if self.dry:
-            self.fake += 1
-            return f"<job{self.fake}>"
+            self.dry_jobs += 1
+            return f"<job{self.dry_jobs}>"
         self.logs.mkdir(parents=True, exist_ok=True)
         result = self.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -87,7 +87,7 @@ class Submitter:
         """Skip, wait on or submit each call of `stages` (a cell's, or the shared ones with `cell` None)."""
         for stage in stages:
             key = self.key(cell, stage.name)
-            call = stage.calls[0]
+            call = stage.call
             needs = [self.key(cell, n) for n in stage.needs]
             forced = any(self.ids.get(n) for n in needs)
             job = self.recorded.get(key, {}).get("job")

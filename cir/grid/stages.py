@@ -115,26 +115,32 @@ class InProcessCall(CliCall):
 
 
 class Stage:
-    """A named step; `name` is its folder and what a rerun names; `needs` the stages whose output it reads."""
+    """A named step of one call; `name` is its folder and what a rerun names; `needs` the stages whose output it
+    reads. A grid's stage (cir.grid.plan.GridStage) builds its call on each access instead of holding one."""
 
-    def __init__(self, name: str, title: str, calls: Sequence[CliCall] = (), needs: Sequence[str] = ()) -> None:
-        self.name, self.title = name, title
-        self.calls, self.needs = tuple(calls), tuple(needs)
+    def __init__(self, name: str, title: str, call: CliCall | None = None, needs: Sequence[str] = ()) -> None:
+        self.name, self.title, self.needs = name, title, tuple(needs)
+        self._call = call
+
+    @property
+    def call(self) -> CliCall:
+        assert self._call is not None, f"stage {self.name} has no call"
+        return self._call
 
     def validate(self) -> None:
-        for call in self.calls:
-            try:
-                call.resolve()
-            except ConfigError as err:
-                raise ConfigError(f"grid stage {self.name} ({call.config.name} + the grid's overrides): {err}") from None
+        call = self.call
+        try:
+            call.resolve()
+        except ConfigError as err:
+            raise ConfigError(f"grid stage {self.name} ({call.config.name} + the grid's overrides): {err}") from None
 
     def done(self) -> bool:
-        return all(call.done() for call in self.calls)
+        return self.call.done()
 
     def run(self, from_scratch: bool) -> None:
-        for call in self.calls:
-            if from_scratch or not call.done():
-                call.run(from_scratch)
+        call = self.call
+        if from_scratch or not call.done():
+            call.run(from_scratch)
 
 
 def decide(stage: Stage, rerun: set[str], fresh: bool, ran: Sequence[str]) -> tuple[bool, bool]:

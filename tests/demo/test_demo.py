@@ -145,5 +145,5 @@ def test_the_premise_variants_check_every_stage_and_say_what_they_change(name, e
     for stage in stages.values():
         stage.validate()
     for stage, values in expected.items():
-        cfg = stages[stage].calls[0].resolve()
+        cfg = stages[stage].call.resolve()
         assert {key: OmegaConf.select(cfg, key) for key in values} == values

@@ -40,7 +40,7 @@ def test_a_shared_stage_runs_once_in_the_grid_folder_and_cells_read_what_it_writ
     out = tmp_path / "out"
     assert [s.name for s in grid.shared_stages()] == ["benchmark"]
     assert [s.name for s in grid.stages(grid.cells[1])] == ["tat", "val"]
-    synth = grid.shared_stages()[0].calls[0]
+    synth = grid.shared_stages()[0].call
     assert synth.cli == "synth" and synth.out == out / "benchmark"
     assert synth.command[1:3] == ["-m", "cir.data.synth"]
     tat, val = (grid.call(grid.cells[1], name) for name in ("tat", "val"))
@@ -65,7 +65,7 @@ def test_no_axis_reaches_a_shared_stage_and_a_shared_stage_reads_no_cell(tmp_pat
     with pytest.raises(ConfigError, match="`stages.benchmark.needs`: expected shared stages only"):
         Grid(path, ["stages.benchmark.needs=[tat]"])
     # the command line may set it: the same value for every cell
-    assert "synth.seed=4" in Grid(path, ["synth.seed=4"]).shared_stages()[0].calls[0].overrides
+    assert "synth.seed=4" in Grid(path, ["synth.seed=4"]).shared_stages()[0].call.overrides
 
 
 def test_grid_wide_overrides_reach_stages_like_the_command_line_and_come_before_it(tmp_path) -> None:

@@ -81,6 +81,6 @@ def test_a_call_is_done_only_with_a_done_record_of_its_own_fingerprint(tmp_path)
 
 
 def test_stage_config_errors_name_the_stage_and_its_config(tmp_path) -> None:
-    stage = Stage("eval_x", "t", [_call(tmp_path, "eval.alphaz=[0.5]")])
+    stage = Stage("eval_x", "t", _call(tmp_path, "eval.alphaz=[0.5]"))
     with pytest.raises(ConfigError, match=r"grid stage eval_x \(demo_eval.yaml \+ the grid's overrides\).*alphaz"):
         stage.validate()
