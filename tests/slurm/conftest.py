@@ -1,5 +1,6 @@
 """`slurm_cluster`: a real one-node SLURM cluster for the session (packages installed if missing);
-`two_nodes`: a real two-node one, each node in its own namespaces (namespaces.py)."""
+`two_nodes`: a real two-node one, each node in its own namespaces (namespaces.py); `cluster`: the two-node one,
+else (namespaces refused, the reason printed) the one-node one."""
 
 from __future__ import annotations
 
@@ -38,3 +39,12 @@ def slurm_namespaces(slurm_packages: None) -> None:
 def two_nodes(slurm_namespaces: None) -> Iterator[NamespaceSlurm]:
     with running(NamespaceSlurm()) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def cluster(request) -> LocalSlurm:
+    try:
+        return request.getfixturevalue("two_nodes")
+    except pytest.skip.Exception as err:
+        print(f"one node only: {err}")
+        return request.getfixturevalue("slurm_cluster")

@@ -25,9 +25,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from slurm_cluster import LocalSlurm, wait_or_kill
+from slurm_cluster import LocalSlurm, wait_for, wait_or_kill
 
 SUBNET = "10.77.0"
+KINDS = ("net", "uts", "mnt")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
 WRAPPER = """#!/bin/sh
 # {name} in the test cluster's controller namespace, without this wrapper on the PATH its jobs inherit
@@ -66,6 +67,8 @@ class NamespaceSlurm(LocalSlurm):
         self._in(host, ["--net"], "ip", *args)
 
     def _in(self, host: str, kinds: list[str], *cmd: str) -> None:
+        if not self._apart(self.holders[host].pid):  # never run a command meant for a node on this machine itself
+            raise RuntimeError(f"{host}'s holder (pid {self.holders[host].pid}) is not in namespaces of its own")
         result = subprocess.run(["nsenter", f"--target={self.holders[host].pid}", *kinds, *cmd],
                                 capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
@@ -85,6 +88,10 @@ class NamespaceSlurm(LocalSlurm):
         for name, addr in [self.controller, *self.nodes]:
             self.holders[name] = subprocess.Popen(["unshare", "--net", "--uts", "--mount", "--propagation", "private", "cat"],
                                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+        # until unshare has made them (and made mounts private), a holder's namespaces are this machine's: wait until
+        # it runs `cat`, or `ip` and `mount` would change this machine's network and files
+        for name, holder in self.holders.items():
+            wait_for(lambda holder=holder: self._apart(holder.pid) or holder.poll() is not None, 30, f"{name}'s namespaces")
         ctl = self.controller[0]
         self._ip(ctl, "link", "add", "br0", "type", "bridge")
         self._ip(ctl, "addr", "add", f"{self.controller[1]}/24", "dev", "br0")
@@ -106,6 +113,15 @@ class NamespaceSlurm(LocalSlurm):
             wrapper = self.bin / client
             wrapper.write_text(WRAPPER.format(name=client, bin=self.bin, pid=self.holders[ctl].pid, real=shutil.which(client)))
             wrapper.chmod(0o755)
+
+    @staticmethod
+    def _apart(pid: int) -> bool:
+        """Whether the process runs `cat` (unshare has set everything up) in a network, UTS and mount namespace each
+        different from this process's."""
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip() == "cat" and all(Path(f"/proc/{pid}/ns/{kind}").readlink() != Path(f"/proc/self/ns/{kind}").readlink() for kind in KINDS)
+        except OSError:
+            return False
 
     def enter(self, host: str) -> list[str]:
         return ["nsenter", f"--target={self.holders[host].pid}", "--net", "--uts", "--mount", f"--wd={self.root}"]

@@ -5,7 +5,9 @@ Everything the daemons write (config, state, spool, logs, munge key and socket) 
 under one temporary folder, removed at the end. They run in the foreground as children
 of the test process, so `stop()` ends exactly the processes `start()` made; SLURM_CONF
 in `env` points the client commands (sbatch, scontrol, squeue) at this cluster only.
-Each node has CPUS CPUs whatever the hardware (SlurmdParameters=config_overrides).
+Each node has CPUS CPUs whatever the hardware (SlurmdParameters=config_overrides), so that the tests' jobs
+run side by side; the scheduler looks at pending jobs every second, and a job's processes get KILL_WAIT s
+between SIGTERM and SIGKILL, instead of SLURM's 60 s and 30 s defaults.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel", "srun")
-CPUS = 2
+CPUS = 4
+KILL_WAIT = 5
 
 SLURM_CONF = """\
 ClusterName=cirtest
@@ -55,8 +58,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=1
 ReturnToService=2
-KillWait=10
+KillWait={kill_wait}
 {node_lines}
 PartitionName=test Nodes={node_names} Default=YES MaxTime=INFINITE State=UP
 """
@@ -162,7 +166,7 @@ class LocalSlurm:
         ctld_port, slurmd_port = free_ports(2)
         self.conf.write_text(SLURM_CONF.format(
             ctl_host=self.controller[0], ctl_addr=self.controller[1], root=self.root,
-            munge_socket=self.root / "munge" / "munge.socket", ctld_port=ctld_port, slurmd_port=slurmd_port,
+            munge_socket=self.root / "munge" / "munge.socket", ctld_port=ctld_port, slurmd_port=slurmd_port, kill_wait=KILL_WAIT,
             node_lines="\n".join(f"NodeName={name} NodeAddr={addr} CPUs={CPUS} State=UNKNOWN" for name, addr in self.nodes),
             node_names=",".join(name for name, _ in self.nodes),
         ))
@@ -176,6 +180,10 @@ class LocalSlurm:
 
     def teardown(self) -> None:
         """Undo `prepare`, once the daemons are stopped."""
+
+    def node_of(self, pid: int) -> str:
+        """The node a process runs on (here: the only one)."""
+        return self.nodes[0][0]
 
     def _spawn(self, label: str, *cmd: str) -> None:
         log = open(self.root / f"{label}.out", "w")
@@ -228,6 +236,15 @@ class LocalSlurm:
     def steps(self, job_id: int) -> list[str]:
         """The job's steps slurmctld still knows (a requeued job's old steps linger while slurmd tears them down)."""
         return self.run("squeue", "-h", "-s", "-j", str(job_id), "-o", "%i", check=False).stdout.split()
+
+    def stepds(self, job_id: int) -> list[int]:
+        """The job's slurmstepd processes still running, on any node (the namespaces share this machine's pids)."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(f"slurmstepd: [{job_id}.".encode()):
+                    found.append(int(proc.name))
+        return found
 
     def jobs(self) -> list[str]:
         """Queued and running jobs as squeue names them (`7`, or `8_[0-1]` for an array's pending tasks)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,10 +42,14 @@ def export_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 class TatJob:
-    """`sbatch FLAGS slurm/tat.sbatch CONFIG OVERRIDES`; every wait fails the test with the job's output and the logs."""
+    """`sbatch FLAGS slurm/tat.sbatch CONFIG OVERRIDES` (`env`: variables for the job only); every wait fails the test
+    with the job's output and the logs."""
 
-    def __init__(self, cluster: LocalSlurm, config: Path, job_out: Path, *flags: str, overrides: Sequence[str] = ()) -> None:
+    def __init__(self, cluster: LocalSlurm, config: Path, job_out: Path, *flags: str, overrides: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> None:
         self.cluster, self.job_out = cluster, job_out
+        if env:
+            flags = (",".join(["--export=ALL", *(f"{key}={value}" for key, value in env.items())]), *flags)
         result = cluster.run("sbatch", "--parsable", f"--chdir={REPO}", f"--output={job_out}", *flags, str(TEMPLATE),
                              str(config), *overrides)
         self.id = int(result.stdout.strip().split(";")[0])
@@ -77,9 +81,12 @@ class TatJob:
         self.wait(lambda: self.state()["JobState"] in ENDED, timeout, "the job to end")
         return self.state()["JobState"]
 
-    def interrupt_and_resume(self) -> None:
-        """`scancel --signal=USR1`, wait for the requeue, release the job as soon as SLURM will run it, wait until it completes."""
+    def interrupt(self) -> None:
+        """`scancel --signal=USR1`: every rank saves, rank 0 requeues the job (`resume` waits for that)."""
         self.cluster.run("scancel", "--signal=USR1", str(self.id))
+
+    def resume(self) -> None:
+        """Wait for the requeue, release the job as soon as SLURM will run it, wait until it completes."""
 
         def requeued() -> bool:
             job = self.state()
@@ -89,9 +96,9 @@ class TatJob:
 
         self.wait(requeued, 60, "the job to be requeued")
         # Released while slurmd still tears the first attempt down, the job is refused ("Job N already killed, do not
-        # launch batch job") and FAILS: wait until every node is idle and no step of the job is left.
-        self.wait(lambda: self.cluster.idle() and not self.cluster.steps(self.id), 60,
-                  "the first attempt's steps to be gone and every node idle")
+        # launch batch job") and FAILS: wait until no step of the job is left and none of its slurmstepd runs.
+        self.wait(lambda: not self.cluster.steps(self.id) and not self.cluster.stepds(self.id), 60,
+                  "the first attempt's steps and slurmstepd processes to be gone")
         # slurmd also refuses a launch whose credential dates from the second the requeue revoked the first one
         # (slurm_cred_revoked compares whole seconds): release the job once the clock has left that second.
         requeue_seen = int(time.time())
