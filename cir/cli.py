@@ -67,7 +67,7 @@ def run(name: str, argv: list[str]) -> None:
         return
     package = importlib.import_module(command.module)
     module = importlib.import_module(f"{command.module}.__main__") if hasattr(package, "__path__") else package
-    entry = getattr(module, "cli", None)
+    entry = module.main if command.argv_main else getattr(module, "cli", None)
     if entry is None:  # a command that is run_cli(main) and nothing else
         run_cli(module.main, argv, name, prog, passthrough=command.own_flags)
         return

@@ -31,6 +31,7 @@ class Command:
     schema: str | None = None  # "module:Class" of its typed config, for the key groups
     usage: str = "CONFIG [key=value ...]"
     own_flags: bool = False  # its main parses its own flags (run_cli passes them through in order)
+    argv_main: bool = False  # its main(argv, prog) parses the whole command line itself, as a `cli` entry does
 
 
 COMMANDS = {c.name: c for c in (
@@ -49,9 +50,11 @@ COMMANDS = {c.name: c for c in (
              "cir submit experiments/eval_circo.yaml submit.split=val"),
             (EVAL_TASK,), "cir.schema:EvaluateConfig"),
     Command("grid", "cir.grid", "a grid of runs (stages x cells), locally or on SLURM; --only, --slurm, --dry-run",
-            ("cir grid experiments/paper/main_results.yaml --dry-run",
-             "cir grid experiments/paper/main_results.yaml --slurm",
-             "cir grid experiments/demo.yaml --only tat-seed0/tat"),
+            ("cir grid experiments/paper/anchor_ablation.yaml inputs.train_shards='/data/laion2m/{000000..000199}.tar' "
+             "inputs.cirr=/data/cirr inputs.circo=/data/circo --dry-run",
+             "cir grid experiments/paper/anchor_ablation.yaml inputs.train_shards='/data/laion2m/{000000..000199}.tar' "
+             "inputs.cirr=/data/cirr inputs.circo=/data/circo --slurm",
+             "cir grid experiments/demo.yaml --only seed-0/tat_text"),
             ("grid",), "cir.grid.spec:GridConfig", "CONFIG [key=value ...] [--only CELL/STAGE] [--slurm] [--dry-run]"),
     Command("report", "cir.report", "our results beside the paper's, as a markdown table (and CSV or markdown file)",
             ("cir report outputs/demo", "cir report outputs/main_results --out report.md",
@@ -65,15 +68,15 @@ COMMANDS = {c.name: c for c in (
             ("cir synth experiments/demo_synth.yaml output_dir=outputs/synth",
              "cir synth --out outputs/synth_small --seed 1 --tune-samples 512"),
             ("synth",), "cir.data.synth.settings:SynthRunConfig",
-            "CONFIG [key=value ...] | --out DIR [--seed N] [size flags]"),
+            "CONFIG [key=value ...] | --out DIR [--seed N] [size flags]", argv_main=True),
     Command("shards", "cir.data.make_shards", "WebDataset image-caption shards from an image folder, LLaVA JSON or CC3M TSV",
             ("cir shards folder --images photos --captions captions.csv --out shards",
              "cir shards llava --json blip_laion_cc_sbu_558k.json --image-root llava/images --out shards/llava"),
-            usage="{folder,llava,cc3m} --out DIR ..."),
+            usage="{folder,llava,cc3m} --out DIR ...", argv_main=True),
     Command("embed-text", "cir.data.embed_text", "cache caption embeddings in shards so TAT needs no text tower",
             ("cir embed-text --shards 'shards/shard-{000000..000009}.tar' --model ViT-B-32 --pretrained openai "
              "--out shards_txt",),
-            usage="--shards PATTERN --model NAME --pretrained TAG --out DIR"),
+            usage="--shards PATTERN --model NAME --pretrained TAG --out DIR", argv_main=True),
     Command("check", "cir.data.check", "check a config's data before a run: images, annotations, shards",
             ("cir check experiments/eval_cirr.yaml data.root=/data/cirr", "cir check cirr /data/cirr --quick"),
             (EVAL_TASK, "tat", "pretrain", "supervised"), None,

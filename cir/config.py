@@ -156,25 +156,16 @@ def open_nodes(cfg: DictConfig, keys: Sequence[str]) -> None:
             OmegaConf.set_struct(node, False)
 
 
-def check_override_form(overrides: Sequence[str]) -> None:
-    """Every override is `key=value` (a bare word is a misplaced path or flag, not a setting)."""
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
-
-
 def load_config(
     schema: type,
     path: str | Path | None,
     overrides: Sequence[str] = (),
     free_form: Sequence[str] = ("trainer", "model.aug_cfg"),
     raw: DictConfig | None = None,
-    resolve: bool = True,
 ) -> DictConfig:
     """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked.
 
-    `raw`: the file as `read_yaml(path)` gave it, for a caller that has read it already. `resolve=False` leaves
-    interpolations for later (a grid's `${stage.tat.export}`, resolved per cell).
+    `raw`: the file as `read_yaml(path)` gave it, for a caller that has read it already.
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
@@ -182,10 +173,10 @@ def load_config(
     if path is not None:
         cfg = _merge(cfg, raw if raw is not None else read_yaml(Path(path)), str(path))
         open_nodes(cfg, free_form)
-    check_override_form(overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
     cfg = _merge(cfg, list(overrides), "command line")
-    if not resolve:
-        return cfg
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
@@ -226,7 +217,8 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None, command
             passthrough: bool = False) -> Any:
     """`python -m cir.X CONFIG [key=value ...] [--debug]`, parsed by the command's parser (cir.commands: its --help
     teaches); `options` adds the command's own flags, given to `main` by name; `passthrough` leaves unknown flags
-    in the overrides for a main that parses its own. No arguments at all: usage, exit 2. User errors are one line
+    in the overrides for a main that parses its own. No CONFIG first (nothing, or key=value alone, which would run the
+    schema's defaults): usage, exit 2. User errors are one line
     and exit 2; a signal that stops the command ends it with 128 + the signal's number (cir.signals)."""
     from cir.commands import BY_MODULE, add_config_arguments, parser_for
 
@@ -256,11 +248,12 @@ def run_cli(main: Callable[..., Any], argv: Sequence[str] | None = None, command
         parsed = parser.parse_intermixed_args(args)
     extra = {k: v for k, v in vars(parsed).items() if k not in ("config", "overrides", "debug")}
     path, overrides = parsed.config, list(parsed.overrides)
-    if path is not None and "=" in path:
-        path, overrides = None, [path, *overrides]
-    if name is not None and not args:
+    lead = next((a for a in [path, *overrides] if a is not None and not a.startswith("-")), None)
+    if lead is None or "=" in lead:  # overrides alone would run the schema's defaults
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: CONFIG is required (see --help for the experiment files)", file=sys.stderr)
+        given = f"; got {lead!r} first" if lead is not None else ""
+        print(f"{parser.prog}: error: CONFIG is required and comes first, then key=value overrides{given} "
+              "(see --help for the experiment files)", file=sys.stderr)
         raise SystemExit(2)
     setup_logging(parsed.debug)
     with one_line_errors(parsed.debug), stop_on_signals():

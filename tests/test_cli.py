@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import shlex
 import subprocess
 import sys
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cir import cli
-from cir.commands import COMMANDS, EXPERIMENTS, experiment_task, experiments_for
+from cir import cli, config
+from cir.commands import COMMANDS, EXPERIMENTS, experiments_for
 from cir.config import load_config, run_cli
 from cir.keys import field_comments, schema_keys, trainer_keys
 from cir.schema import BrowseConfig, EvaluateConfig, FitConfig
@@ -81,6 +80,18 @@ def test_no_config_is_usage_and_exit_2(name: str, capsys) -> None:
     assert f"usage: cir {name} CONFIG" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["fit", "evaluate", "submit", "grid", "browse", "synth", "check", "config"])
+def test_overrides_without_a_config_are_usage_and_exit_2(name: str, monkeypatch, capsys) -> None:
+    """Before: `cir fit trainer.max_steps=5` ran the schema's defaults (a ViT-L download, data/laion2m)."""
+    monkeypatch.setattr(config, "setup_logging", lambda *a: pytest.fail("the command went on past its arguments"))
+    with pytest.raises(SystemExit) as done:
+        cli.main([name, "trainer.max_steps=5", "output_dir=x"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"usage: cir {name} ") and len(err) == 2
+    assert err[1].startswith(f"cir {name}: error: CONFIG is required and comes first") and "'trainer.max_steps=5'" in err[1]
+
+
 def test_config_then_help_shows_help_not_an_override_error(capsys) -> None:
     from cir import evaluate
 
@@ -145,25 +156,6 @@ def test_trainer_keys_are_lightnings_signature() -> None:
 
     names = {k.name.removeprefix("trainer.") for k in trainer_keys({})}
     assert names == set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
-
-
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_help_examples_parse_and_their_configs_resolve(name: str) -> None:
-    """Every example a --help shows parses with the command's parser, and its config resolves with its overrides
-    under the command's own schema (a grid: as cir.grid reads it)."""
-    command = COMMANDS[name]
-    for example in command.examples:
-        words = shlex.split(example)
-        assert words[:2] == ["cir", name]
-        args = words[2:]
-        if not args[0].endswith(".yaml"):
-            continue
-        overrides = [a for a in args[1:] if "=" in a and not a.startswith("-")]
-        if command.schema is None or experiment_task(Path(args[0])) == "grid":
-            cli.resolved(args[0], overrides)
-        else:
-            module, cls = command.schema.split(":")
-            load_config(getattr(importlib.import_module(module), cls), args[0], overrides)
 
 
 def test_browse_compare_override_reaches_the_none_section() -> None:

@@ -15,10 +15,12 @@ from cir import evaluate, fit
 from cir.config import load_config, run_cli
 from cir.schema import FitConfig
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 
 def one_line_error(capsys, main, args: list[str]) -> str:
     with pytest.raises(SystemExit) as stopped:
-        run_cli(main, args)
+        run_cli(main, [DEFAULTS, *args])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and err[1] == "(rerun with --debug for the traceback)", err
@@ -29,7 +31,7 @@ def test_a_list_of_brace_patterns_on_the_command_line_is_a_list_of_strings(capsy
     def show(path, overrides):
         print(json.dumps(list(load_config(FitConfig, path, overrides).data.train_shards)))
 
-    run_cli(show, ["data.train_shards=[/p/tune-{000000..000003}.tar, /q/extra-{0..1}.tar,'/r/a,b.tar']"])
+    run_cli(show, [DEFAULTS, "data.train_shards=[/p/tune-{000000..000003}.tar, /q/extra-{0..1}.tar,'/r/a,b.tar']"])
     assert json.loads(capsys.readouterr().out) == ["/p/tune-{000000..000003}.tar", "/q/extra-{0..1}.tar", "/r/a,b.tar"]
 
 
@@ -86,4 +88,4 @@ def test_other_os_errors_keep_their_traceback():
         raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
 
     with pytest.raises(ConnectionResetError):
-        run_cli(lost_connection, [])
+        run_cli(lost_connection, [DEFAULTS])

@@ -18,6 +18,8 @@ from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.evaluation.features import EvalIndex
 from cir.models import Backbone
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 KEY = re.compile(r"^(cirr|circo|fashioniq_(dress|shirt|toptee|avg))/(val|test1?|train)/(image|text|sum|slerp_a[01]\.\d+)/"
                  r"(R@(1|5|10|50)|Rsub@[123]|mAP@(5|10|25|50))$")
 
@@ -129,7 +131,7 @@ def test_fashioniq_per_category_and_average(fashioniq_root, tmp_path):
 )
 def test_bad_config_is_one_line_naming_the_key(override, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate.main, ["model.name=cir-tiny", "model.pretrained=none", override])
+        run_cli(evaluate.main, [DEFAULTS, "model.name=cir-tiny", "model.pretrained=none", override])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -147,7 +149,7 @@ def test_two_process_ddp_equals_one_process(cirr_root, tmp_path):
     bench = load_benchmarks("cirr", cirr_root, "val")[0]
     assert len(EvalIndex.build(bench).image_ids) % 2 == 1 or len(bench.queries) % 2 == 1
     single = run(cirr_root, tmp_path / "one", "eval.alphas=[0.9]")
-    cmd = [sys.executable, "-m", "cir.evaluate", "model.name=cir-tiny", "model.pretrained=none",
+    cmd = [sys.executable, "-m", "cir.evaluate", DEFAULTS, "model.name=cir-tiny", "model.pretrained=none",
            f"data.root={cirr_root}", f"output_dir={tmp_path / 'two'}", f"eval.cache_dir={tmp_path / 'two' / 'cache'}",
            "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
            "trainer.enable_progress_bar=false", "eval.alphas=[0.9]", "eval.examples=0"]

@@ -27,6 +27,8 @@ from cir.resume import newest_checkpoint
 from cir.tasks.base import NonFiniteLossError, warmup_cosine
 from cir.tasks.tat import TextAnchoredTuning
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 MAX_STEPS, EVERY, BATCH, LR, WARMUP = 8, 2, 8, 3e-3, 2
 ARGS = ["model.name=cir-tiny", "model.pretrained=none", "model.lora.dropout=0.0", "data.num_workers=0",
         f"data.batch_size={BATCH}", "data.resampled=true", "data.samples_per_epoch=100000", "trainer.accelerator=cpu",
@@ -77,7 +79,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) ->
 def test_sigterm_to_a_real_run_saves_then_the_same_command_resumes_to_max_steps(image_text_shards, tmp_path, caplog):
     out = tmp_path / "run"
     # with DataLoader workers, which must not outlive or hang the interrupted run
-    cmd = [sys.executable, "-m", "cir.fit", *fit_args(out, image_text_shards), "data.num_workers=2"]
+    cmd = [sys.executable, "-m", "cir.fit", DEFAULTS, *fit_args(out, image_text_shards), "data.num_workers=2"]
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:

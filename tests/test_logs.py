@@ -11,6 +11,8 @@ import pytest
 
 from cir.logs import NOISE_WARNINGS
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 # What a user reads as a fault or an advertisement: a Python warning ("file.py:LINE: ..."), third-party INFO chatter
 # on the root logger, Lightning's cloud-logger tip, and the warnings this project has had to fix or silence.
 FAULT_LIKE = re.compile(
@@ -25,7 +27,7 @@ def test_a_tiny_tat_run_prints_nothing_that_looks_like_a_fault(image_text_shards
     args = ["model.name=cir-tiny", "model.pretrained=none", f"data.train_shards={image_text_shards}", "data.batch_size=16",
             "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_steps=3",
             "checkpoint.every_n_steps=2", evaluation]
-    run = [sys.executable, "-m", "cir.fit", *args]
+    run = [sys.executable, "-m", "cir.fit", DEFAULTS, *args]
     first = subprocess.run([*run, f"output_dir={tmp_path / 'run'}", "trainer.max_steps=2"], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parents[1], timeout=300)
     resumed = subprocess.run([*run, f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True,

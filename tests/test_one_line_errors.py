@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 from PIL import Image
-from test_interruption import fit_args
+from test_interruption import DEFAULTS, fit_args
 
 from cir import evaluate, fit
 from cir.config import ConfigError, run_cli
@@ -33,7 +33,7 @@ GRID = Path(__file__).resolve().parents[1] / "experiments" / "grid_demo.yaml"
 def one_line_exit(main, args, capsys) -> str:
     """Runs a command line that must fail with status 2; returns its error line."""
     with pytest.raises(SystemExit) as stop:
-        run_cli(main, args)
+        run_cli(main, [DEFAULTS, *args])
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     assert "Traceback" not in err and err.startswith("error: ") and len(err.splitlines()) == 2, err

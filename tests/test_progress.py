@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from cir import fit
 from cir.config import run_cli
 from cir.progress import RunProgressBar, StepModelSummary, display_callbacks
+
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
 
 TINY = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=4",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.max_epochs=-1", "optim.warmup_steps=1",
@@ -32,7 +35,7 @@ def test_a_short_run_counts_to_max_steps_and_shows_no_zero_flops(tmp_path, image
 
     monkeypatch.setattr(RunProgressBar, "_update", record)
     with caplog.at_level(logging.INFO):
-        run_cli(fit.main, [*TINY, f"data.train_shards={image_text_shards}", f"output_dir={tmp_path}",
+        run_cli(fit.main, [DEFAULTS, *TINY, f"data.train_shards={image_text_shards}", f"output_dir={tmp_path}",
                            "trainer.max_steps=3"])
     assert seen and seen[-1] == (3, 3) and {total for _, total in seen} == {3}
     summary = "\n".join(r.getMessage() for r in caplog.records if "Trainable params" in r.getMessage())

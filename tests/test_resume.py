@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_interruption import fit_args
+from test_interruption import DEFAULTS, fit_args
 
 from cir import fit
 from cir.config import ConfigError, run_cli
@@ -76,7 +76,7 @@ def test_a_rerun_with_another_lr_and_seed_stops_in_one_line_and_rewrites_nothing
     config_before, record_before = (out / "config.yaml").read_text(), (out / "run.json").read_text()
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
-        run_cli(fit.main, [*args, "optim.lr=0.5", "seed=7"])
+        run_cli(fit.main, [DEFAULTS, *args, "optim.lr=0.5", "seed=7"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: config key `optim.lr`: differs from the checkpoint at global step 2") and len(err) == 2
@@ -102,7 +102,7 @@ def test_more_steps_after_an_epoch_max_steps_stopped_are_refused_and_more_epochs
     assert final["ImageTextDataModule"] == {"epoch": 1, "batches": 0}
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
-        run_cli(fit.main, [*args, "trainer.max_steps=4"])
+        run_cli(fit.main, [DEFAULTS, *args, "trainer.max_steps=4"])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: config key `trainer.max_steps`: the checkpoint at global step 2 has finished "

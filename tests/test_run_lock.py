@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from test_interruption import fit_args
+from test_interruption import DEFAULTS, fit_args
 
 from cir import fit, training
 from cir.config import run_cli
@@ -51,7 +51,7 @@ def test_a_second_run_stops_at_once_naming_the_holder_then_goes_ahead_once_the_h
     proc = start()
     monkeypatch.setattr(training, "build_task", no_model)
     with pytest.raises(SystemExit) as stopped:
-        run_cli(fit.main, fit_args(out, image_text_shards))
+        run_cli(fit.main, [DEFAULTS, *fit_args(out, image_text_shards)])
     assert stopped.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"error: config key `output_dir`: {out} is in use by another run "
@@ -88,7 +88,7 @@ def test_an_output_dir_that_is_a_file_stops_in_one_line_before_any_model(image_t
     out = tmp_path / "run"
     out.write_text("not a folder")
     with pytest.raises(SystemExit):
-        run_cli(fit.main, fit_args(out, image_text_shards))
+        run_cli(fit.main, [DEFAULTS, *fit_args(out, image_text_shards)])
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"error: config key `output_dir`: {out} is a file, not a folder" and len(err) == 2
 
@@ -102,6 +102,6 @@ def test_a_read_only_output_dir_stops_in_one_line_before_any_model(image_text_sh
     monkeypatch.setattr(type(RunLock(tmp_path).lock), "acquire", read_only)
     out = tmp_path / "run"
     with pytest.raises(SystemExit):
-        run_cli(fit.main, fit_args(out, image_text_shards))
+        run_cli(fit.main, [DEFAULTS, *fit_args(out, image_text_shards)])
     err = capsys.readouterr().err.splitlines()
     assert err[0] == f"error: config key `output_dir`: cannot write to {out}: Read-only file system" and len(err) == 2

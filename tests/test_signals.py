@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_interruption import fit_args
+from test_interruption import DEFAULTS, fit_args
 from test_run_lock import HOLD
 
 from cir import evaluate, fit
@@ -43,7 +43,7 @@ def test_sigterm_while_an_evaluation_encodes_ends_it_with_143_and_no_metrics(cir
     out = tmp_path / "eval"
     monkeypatch.setattr(Backbone, "encode_image", sigterm_self)
     with pytest.raises(SystemExit) as stop:
-        run_cli(evaluate.main, [*EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
+        run_cli(evaluate.main, [DEFAULTS, *EVAL_ARGS, f"data.root={cirr_root}", f"output_dir={out}"])
     assert stop.value.code == 128 + signal.SIGTERM
     assert not (out / "metrics.json").exists()
     assert "stopped by SIGTERM before its outputs were complete (exit status 143)" in capsys.readouterr().err
@@ -62,7 +62,7 @@ def test_sigterm_before_training_starts_ends_a_fit_with_143_and_no_export(image_
 
     monkeypatch.setattr(GracefulInterruption, "on_train_start", signalled_start)
     with pytest.raises(SystemExit) as stop:
-        run_cli(fit.main, fit_args(out, image_text_shards))
+        run_cli(fit.main, [DEFAULTS, *fit_args(out, image_text_shards)])
     assert stop.value.code == 143
     assert not (out / "run.json").exists() and not (out / "export.pt").exists()
 

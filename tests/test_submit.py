@@ -19,6 +19,8 @@ from cir.evaluation.submission import (
     write_submission,
 )
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 
 def run(root: Path, out: Path, *extra: str) -> list[Path]:
     return submit.main(None, ["model.name=cir-tiny", "model.pretrained=none", f"data.root={root}", f"output_dir={out}",
@@ -70,7 +72,7 @@ def test_circo_files_without_the_reference_when_asked(circo_root, tmp_path):
 
 def test_fashioniq_has_no_test_server(fashioniq_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_cli(submit.main, ["model.name=cir-tiny", "model.pretrained=none", "data.name=fashioniq",
+        run_cli(submit.main, [DEFAULTS, "model.name=cir-tiny", "model.pretrained=none", "data.name=fashioniq",
                               f"data.root={fashioniq_root}"])
     assert "no official test server" in capsys.readouterr().err
 
@@ -141,7 +143,7 @@ def test_writer_refuses_an_invalid_ranking_and_writes_nothing(circo_root, tmp_pa
 
 def test_cirr_refuses_exclude_reference_false_in_one_line(cirr_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_cli(submit.main, ["model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}",
+        run_cli(submit.main, [DEFAULTS, "model.name=cir-tiny", "model.pretrained=none", f"data.root={cirr_root}",
                               f"output_dir={tmp_path}", "eval.exclude_reference=false"])
     err = capsys.readouterr().err
     assert "eval.exclude_reference" in err and "Traceback" not in err and not list(tmp_path.glob("*.json"))

@@ -10,6 +10,8 @@ import pytest
 from cir import fit
 from cir.config import run_cli
 
+DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
+
 TINY = ["model.name=cir-tiny", "model.pretrained=none", "model.lora.dropout=0.0", "data.num_workers=0", "data.batch_size=16",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false", "optim.warmup_steps=1", "eval.benchmarks=[]"]
@@ -17,7 +19,7 @@ TINY = ["model.name=cir-tiny", "model.pretrained=none", "model.lora.dropout=0.0"
 
 def fit_cli(out: Path, shards: str, *extra: str, capsys) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(fit.main, [*TINY, f"data.train_shards={shards}", f"output_dir={out}", *extra])
+        run_cli(fit.main, [DEFAULTS, *TINY, f"data.train_shards={shards}", f"output_dir={out}", *extra])
     return exit_info.value.code, capsys.readouterr().err
 
 

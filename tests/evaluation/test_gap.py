@@ -20,6 +20,8 @@ from cir.evaluation.gap import measure_gap, read_pairs
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, create_backbone
 
+DEFAULTS = str(Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml")  # the config a command needs first
+
 GAP_KEYS = {"modality_gap/gap", "modality_gap/pair_cosine", "modality_gap/pairs"}
 
 
@@ -145,7 +147,7 @@ def test_evaluate_writes_the_gap_into_metrics_and_tensorboard(cirr_root, tmp_pat
 def test_a_missing_pairs_file_is_one_line_naming_the_key_and_the_file(tmp_path, capsys):
     missing = tmp_path / "none.jsonl"
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(evaluate.main, evaluate_args(tmp_path, tmp_path / "out", f"eval.gap_pairs={missing}"))
+        run_cli(evaluate.main, [DEFAULTS, *evaluate_args(tmp_path, tmp_path / "out", f"eval.gap_pairs={missing}")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "eval.gap_pairs" in err.splitlines()[0] and str(missing) in err.splitlines()[0] and "Traceback" not in err

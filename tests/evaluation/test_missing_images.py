@@ -4,6 +4,7 @@ and take their queries with them; the metrics then equal numpy's on the reduced 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from cir import evaluate
 from cir.config import run_cli
 from cir.data.retrieval_benchmarks import load_benchmarks
 from cir.report.collect import split_label
+
+DEFAULTS = str(Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml")  # the config a command needs first
 
 BASE = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
         "trainer.enable_progress_bar=false", "eval.examples=0", "eval.cache_dir=null"]
@@ -56,7 +59,7 @@ def test_skip_scores_the_reduced_gallery_as_numpy_does(name, request, tmp_path, 
     (bench,) = load_benchmarks(name, root, "val")
     missing = _remove(bench)
     capsys.readouterr()
-    run_cli(evaluate.main, [*args, f"output_dir={tmp_path / 'skip'}", "eval.missing_images=skip"])
+    run_cli(evaluate.main, [DEFAULTS, *args, f"output_dir={tmp_path / 'skip'}", "eval.missing_images=skip"])
     metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
     reduced = _reduced(features, missing)
     removed, dropped = len(features["gallery_ids"]) - len(reduced["gallery_ids"]), len(features["query_ids"]) - len(reduced["query_ids"])
@@ -77,7 +80,7 @@ def test_by_default_missing_images_stop_in_one_line_naming_the_count_and_the_che
     (bench,) = load_benchmarks("cirr", cirr_root, "val")
     _remove(bench)
     with pytest.raises(SystemExit):
-        run_cli(evaluate.main, [*BASE, f"data.root={cirr_root}", f"output_dir={tmp_path}"])
+        run_cli(evaluate.main, [DEFAULTS, *BASE, f"data.root={cirr_root}", f"output_dir={tmp_path}"])
     error = capsys.readouterr().err.splitlines()[0]
     assert error.startswith("error: cirr/val: 3 image file(s) missing or empty under data.root=")
     assert error.endswith("see all with `python -m cir.data.check CONFIG`, or leave them out with eval.missing_images=skip")
@@ -85,5 +88,5 @@ def test_by_default_missing_images_stop_in_one_line_naming_the_count_and_the_che
 
 def test_a_bad_policy_is_refused_by_key(cirr_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run_cli(evaluate.main, [*BASE, f"data.root={cirr_root}", f"output_dir={tmp_path}", "eval.missing_images=ignore"])
+        run_cli(evaluate.main, [DEFAULTS, *BASE, f"data.root={cirr_root}", f"output_dir={tmp_path}", "eval.missing_images=ignore"])
     assert "config key `eval.missing_images`: expected one of ['error', 'skip'], got 'ignore'" in capsys.readouterr().err

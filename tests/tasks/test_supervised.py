@@ -27,6 +27,8 @@ from cir.slerp import slerp
 from cir.tasks import supervised
 from cir.tasks.tat import TextAnchoredTuning
 
+DEFAULTS = str(Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml")  # the config a command needs first
+
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 SYNTH = dict(image_size=16, pretrain_samples=16, tune_samples=64, train_queries=64, val_queries=32, test_queries=16,
              shard_size=64)
@@ -218,7 +220,7 @@ def test_experiment_configs_hand_off_one_key(tmp_path):
 def test_bad_config_is_one_line_naming_the_key(override, message, synth, tat_run, tmp_path, capsys):
     args = sup_args(synth, tmp_path / "sup", f"init_from={tat_run / 'checkpoints' / 'last.ckpt'}", override)
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(fit.main, args)
+        run_cli(fit.main, [DEFAULTS, *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -20,6 +20,8 @@ from cir.schema import FitConfig
 from cir.tasks.base import warmup_cosine
 from cir.tasks.tat import TextAnchoredTuning
 
+DEFAULTS = str(Path(__file__).resolve().parents[1] / "configs" / "defaults.yaml")  # the config a command needs first
+
 TINY = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "data.batch_size=16",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1", "optim.lr=3e-3", "optim.warmup_steps=2", "model.lora.dropout=0.0",
@@ -209,7 +211,7 @@ def test_slurm_variables_are_honoured(monkeypatch, tmp_path):
 )
 def test_bad_fit_config_is_one_line_naming_the_key(override, message, image_text_shards, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(fit.main, [*TINY, f"data.train_shards={image_text_shards}", override])
+        run_cli(fit.main, [DEFAULTS, *TINY, f"data.train_shards={image_text_shards}", override])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -226,7 +228,7 @@ def test_bad_fit_config_is_one_line_naming_the_key(override, message, image_text
 def test_global_batch_that_does_not_split_evenly_is_refused(overrides, message, image_text_shards, capsys, monkeypatch):
     monkeypatch.setattr(training, "build_task", lambda cfg: pytest.fail("the model was built before the batch was checked"))
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(fit.main, [*TINY, f"data.train_shards={image_text_shards}", *overrides])
+        run_cli(fit.main, [DEFAULTS, *TINY, f"data.train_shards={image_text_shards}", *overrides])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
