@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from open_clip.push_to_hf_hub import generate_readme, save_config_for_hf
 from open_clip.transformer import QuickGELU
 
 from cir.config import ConfigError, run_cli
+from cir.io import atomic_folder
 from cir.models.backbone import Backbone
 from cir.models.blip import BlipBackbone
 from cir.models.card import model_card
@@ -92,18 +90,10 @@ def publish(source: str | Path, out: str | Path, eval_roots: list[str | Path] | 
     if any(isinstance(module, QuickGELU) for module in backbone.model.modules()):
         model_cfg["quick_gelu"] = True  # a forced QuickGELU (no -quickgelu config) must survive the trip
     card = model_card(backbone.name, record, evaluations(fingerprint, roots), fingerprint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         export_open_clip(backbone, tmp / HUB_WEIGHTS)
         save_config_for_hf(backbone.model, tmp / HUB_CONFIG, model_config=model_cfg)
         (tmp / "README.md").write_text(generate_readme(card, out.name), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

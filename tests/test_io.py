@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from cir.io import AtomicFiles, atomic_path, atomic_write_text, leftover_temps
+from cir.io import AtomicFiles, atomic_folder, atomic_path, atomic_write_text, leftover_temps
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
@@ -59,3 +59,18 @@ def test_atomic_files_publish_one_by_one_and_discard_the_rest(tmp_path):
     assert not (tmp_path / "b.tar").exists()
     files.discard()
     assert [p.name for p in tmp_path.iterdir()] == ["a.tar"] and leftover_temps(tmp_path) == []
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "export"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.bin").write_text("one")
+        (tmp / "b.bin").write_text("one")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "a.bin").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.bin": "one", "b.bin": "one"}
+    with atomic_folder(target) as tmp:
+        (tmp / "c.bin").write_text("two")
+    assert [p.name for p in target.iterdir()] == ["c.bin"] and [p.name for p in tmp_path.iterdir()] == ["export"]

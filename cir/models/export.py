@@ -11,16 +11,13 @@ save_pretrained folder that `BlipForImageTextRetrieval.from_pretrained` and
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import open_clip
 import torch
 from safetensors.torch import save_file
 
-from cir.io import atomic_path, write_json
+from cir.io import atomic_folder, atomic_path, write_json
 from cir.models.backbone import Backbone
 from cir.models.blip import BlipBackbone
 from cir.models.lora import has_lora, merge_lora
@@ -58,24 +55,10 @@ def export_pretrained(backbone: BlipBackbone, folder: str | Path) -> Path:
     Written beside `folder` and renamed into place, so a kill never leaves a
     half-written export; an existing export there is replaced whole.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     merged = merged_copy(backbone)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old = folder.with_name(f"{tmp.name}.old")
-    try:
+    with atomic_folder(folder) as tmp:
         merged.save_pretrained(tmp)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    if old.is_dir():
-        shutil.rmtree(old)
-    elif old.exists():
-        old.unlink()
-    return folder
+    return Path(folder)
 
 
 def export_open_clip(backbone: Backbone, path: str | Path) -> Path:
