@@ -156,16 +156,25 @@ def open_nodes(cfg: DictConfig, keys: Sequence[str]) -> None:
             OmegaConf.set_struct(node, False)
 
 
+def check_override_form(overrides: Sequence[str]) -> None:
+    """Every override is `key=value` (a bare word is a misplaced path or flag, not a setting)."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+
+
 def load_config(
     schema: type,
     path: str | Path | None,
     overrides: Sequence[str] = (),
     free_form: Sequence[str] = ("trainer", "model.aug_cfg"),
     raw: DictConfig | None = None,
+    resolve: bool = True,
 ) -> DictConfig:
     """Schema defaults <- experiment YAML (with its bases) <- `key=value` overrides, all type-checked.
 
-    `raw`: the file as `read_yaml(path)` gave it, for a caller that has read it already.
+    `raw`: the file as `read_yaml(path)` gave it, for a caller that has read it already. `resolve=False` leaves
+    interpolations for later (a grid's `${stage.tat.export}`, resolved per cell).
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
@@ -173,10 +182,10 @@ def load_config(
     if path is not None:
         cfg = _merge(cfg, raw if raw is not None else read_yaml(Path(path)), str(path))
         open_nodes(cfg, free_form)
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    check_override_form(overrides)
     cfg = _merge(cfg, list(overrides), "command line")
+    if not resolve:
+        return cfg
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
