@@ -86,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="cir", usage="cir COMMAND [CONFIG] [key=value ...] [--debug]  (cir COMMAND --help: examples, experiments)",
         description="Composed image retrieval with Slerp and Text-Anchored Tuning (TAT), on PyTorch Lightning.",
         epilog=f"commands:\n{table}\n\nstart: cir fit experiments/demo.yaml (the demo, ~10 min on 2 CPU cores)\n"
-               "more: README.md and docs/", formatter_class=argparse.RawDescriptionHelpFormatter)
+               "more: README.md (its table lists the docs/ pages), docs/commands.md (every command with an example)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
     if not args:
         parser.print_help(sys.stderr)

@@ -43,7 +43,9 @@ def test_each_command_help_shows_examples_experiments_and_docs(name: str, capsys
     out = capsys.readouterr().out
     assert out.startswith(f"usage: cir {name} ")
     assert "examples:\n  cir " + name in out
-    assert "--debug" in out and "more: README.md and docs/" in out
+    assert "--debug" in out and "read next:" in out and COMMANDS[name].docs
+    for line in [*COMMANDS[name].docs, "docs/configuration.md: "]:  # where to look next: pages that exist
+        assert f"  {line}" in out and (ROOT / line.split(":")[0]).is_file(), line
     for path, _ in experiments_for(COMMANDS[name].tasks):
         assert str(path.relative_to(ROOT)) in out
 

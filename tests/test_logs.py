@@ -14,9 +14,12 @@ from cir.logs import NOISE_WARNINGS
 DEFAULTS = str(Path(__file__).resolve().parent / "configs" / "defaults.yaml")  # the config a command needs first
 
 # What a user reads as a fault or an advertisement: a Python warning ("file.py:LINE: ..."), third-party INFO chatter
-# on the root logger, Lightning's cloud-logger tip, and the warnings this project has had to fix or silence.
+# on the root logger, Lightning's cloud-logger tip, and the warnings this project has had to fix or silence; and the
+# lines issue 28 quoted: a bar counting the epoch of a max_steps run (`Epoch 0/0`), a FLOPs column of zeros, torch's
+# too-many-workers warning.
 FAULT_LIKE = re.compile(
-    r"\.py:\d+:|INFO root|WARNING root|Tip:|litlogger|deprecated|flops_per_batch|weights_only|Total length of|Traceback",
+    r"\.py:\d+:|INFO root|WARNING root|Tip:|litlogger|deprecated|flops_per_batch|weights_only|Total length of|Traceback"
+    r"|Epoch 0/0|FLOPs\s*:?\s+0\b|excessive worker creation",
     re.IGNORECASE,
 )
 
