@@ -14,7 +14,7 @@ them for the training loop; Lightning puts the previous handlers back at teardow
 DataLoader workers forked after that inherit them, so a SIGINT or SIGUSR1 that reaches
 them too (a terminal's Ctrl-C, SLURM signalling every process) leaves them running
 until the main process shuts them down. PyTorch gives workers its own SIGTERM handler,
-which ends them: see README.md, "Resuming and preemption".
+which ends them: see docs/guarantees.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The paper's Slerp alpha per benchmark (CIRR 0.9, CIRCO 0.8, FashionIQ 0.8). The paper does not report GeneCIS:
-# 0.8, its alpha for CIRCO and FashionIQ, is our choice (README "What the paper specifies and what we chose").
+# 0.8, its alpha for CIRCO and FashionIQ, is our choice (docs/paper_choices.md).
 PAPER_ALPHA = {"cirr": 0.9, "circo": 0.8, "fashioniq": 0.8, "genecis": 0.8}
 # FitConfig's `task:` values, each the module whose `build(cfg) -> (LightningModule, LightningDataModule)` makes it.
 TASKS = {"tat": "cir.tasks.tat", "supervised": "cir.tasks.supervised", "pretrain": "cir.tasks.pretrain"}
@@ -72,7 +72,7 @@ class EvalConfig:
     # FashionIQ's two captions: both_orders (SEARLE's zero-shot protocol: "c1 and c2" and "c2 and c1" averaged)
     # or one_order (CLIP4Cir: "C1 and c2"); see cir.data.retrieval_benchmarks.fashioniq.FASHIONIQ_CAPTIONS
     fashioniq_captions: str = "both_orders"
-    # Write <output_dir>/features/<dataset>-<split>.npz: the features and ids that were scored (README "Outputs")
+    # Write <output_dir>/features/<dataset>-<split>.npz: the features and ids that were scored (docs/outputs.md)
     save_features: bool = False
     # A JSONL of image-caption pairs (cir.evaluation.gap): the model's gap on them -> metrics.json modality_gap/{gap,pair_cosine,pairs}
     gap_pairs: str | None = None

@@ -2,7 +2,7 @@
 
 metrics.json holds only each method's averages; the demo's intervals need every
 query's hit. They come from `eval.save_features=true`'s npz (cir.evaluation.feature_export,
-README "Exported features"): the same features the evaluation scored, composed
+docs/outputs.md "Exported features"): the same features the evaluation scored, composed
 by cir.slerp.compose, searched by cir.retrieval.topk_search and read by
 cir.metrics.target_rank, so the mean of the hits is metrics.json's R@K.
 """

@@ -2,7 +2,7 @@
 
 `<output_dir>/features/<dataset>-<split>.npz` holds plain arrays only (strings as
 numpy unicode, features as float32), so `np.load(path)` reads it without pickle
-and without this package. The schema is in README ("Exported features").
+and without this package. The schema is in docs/outputs.md ("Exported features").
 """
 
 from __future__ import annotations

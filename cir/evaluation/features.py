@@ -217,7 +217,7 @@ class FeatureCollector:
 
 def cache_key(fingerprint: str, bench: CIRBenchmark, index: EvalIndex, preprocess: str) -> str:
     """Weights + preprocessing + dataset + split + exactly which images (path, size, modification time) and texts:
-    any change gives a new entry, so images regenerated or replaced in place are encoded again. README.md,
+    any change gives a new entry, so images regenerated or replaced in place are encoded again. docs/guarantees.md,
     "Feature cache", says when size and mtime cannot be trusted."""
     h = hashlib.sha256()
     for part in (CACHE_FORMAT, fingerprint, preprocess, bench.name, bench.split, json.dumps(bench.info, sort_keys=True)):
