@@ -87,10 +87,9 @@ def checked(kind: str):
 def checked_grid(path, overrides, slurm=False, dry_run=False, only=None):
     """`cir grid`'s own check of every call of every cell (cir.grid.plan.Grid.check), then stop; but for whether
     the benchmark folders exist, which the docs name as a user's (data/cirr) and this machine has not got."""
-    from cir.grid.plan import Grid
-
     from cir.config import ConfigError
     from cir.grid import __main__ as grid_cli
+    from cir.grid.plan import Grid
 
     with mock.patch.object(Grid, "check_data_root"):
         grid = Grid(path, overrides)
@@ -260,3 +259,22 @@ def test_a_bad_docs_command_fails(command: str, says: str, monkeypatch: pytest.M
     with pytest.raises(AssertionError) as failed:
         check_command(shlex.split(command), monkeypatch, tmp_path)
     assert says in str(failed.value), failed.value
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_links_and_images_resolve(page: Path) -> None:
+    """A relative link or image of README.md or a docs page names a file that exists (and a heading it has)."""
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked offline
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target}"
+        if anchor:
+            assert anchor in anchors(linked), f"{page.name}: {target}: no such heading"
