@@ -1,7 +1,10 @@
 """A grid's cells: the product of its axes, each a list of stages whose calls are built when needed.
 
 Calls are built late on purpose: an evaluation reads the export name the
-training stage wrote into its run.json, which exists only once it ran.
+training stage wrote into its run.json, which exists only once it ran. So the
+one way back from the runner (stages.run_stages, local.py, slurm.py) into the
+plan is GridStage.call, each time a stage is decided or run; plan imports the
+runner's types, never the other way.
 """
 
 from __future__ import annotations
