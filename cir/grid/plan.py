@@ -194,8 +194,11 @@ class Grid:
             else:
                 cell.configs[head] = (self.path.parent / str(value)).resolve()
         else:
-            for stage, k, v in self._route(key, value, f"axis value of cell {cell.name}"):
-                self._not_shared(cell, stage, k)
+            routed = self._route(key, value, f"axis value of cell {cell.name}")
+            per_cell = [(stage, k, v) for stage, k, v in routed if stage not in self.shared]
+            if not per_cell:
+                self._not_shared(cell, routed[0][0], key)
+            for stage, k, v in per_cell:  # a shared stage that has the key keeps one value for every cell
                 cell.overrides[stage].append(Override(k, v))
 
     def _not_shared(self, cell: Cell, stage: str, key: str) -> None:

@@ -28,7 +28,8 @@ class StageSpec:
     """`python -m cir.<cli> <config> <overrides>` in every cell; `config` is relative to the grid file.
 
     `shared`: run once for the whole grid, before the cells, in <output_dir>/<stage> (e.g. a generated benchmark
-    every cell reads); no axis may reach it.
+    every cell reads). Axes pass it by: an axis key reaches the per-cell stages that have it (the demo's `seed`
+    varies TAT, not its shared pretraining), and one that reaches only shared stages, or names one, is refused.
     """
 
     cli: str = "fit"  # fit | evaluate | submit | synth (cir.data.synth)

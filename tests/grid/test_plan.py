@@ -68,6 +68,22 @@ def test_no_axis_reaches_a_shared_stage_and_a_shared_stage_reads_no_cell(tmp_pat
     assert "synth.seed=4" in Grid(path, ["synth.seed=4"]).shared_stages()[0].call.overrides
 
 
+def test_an_axis_passes_a_shared_stage_that_has_its_key_by(tmp_path) -> None:
+    """The demo's shape: one pretraining for every cell, the axis `seed` varying what the cells tune from it."""
+    stages = yaml.safe_load(write_grid(tmp_path).read_text())["stages"]
+    stages["pretrain"] = {"cli": "fit", "config": str(EXPERIMENTS / "demo_pretrain.yaml"), "shared": True,
+                          "needs": ["benchmark"], "overrides": {"seed": 7}}
+    stages["tat"]["overrides"]["model.pretrained"] = "${stage.pretrain.export}"
+    grid = Grid(write_grid(tmp_path, stages={name: stages[name] for name in ("benchmark", "pretrain", "tat", "val")}),
+                [])
+    assert [s.name for s in grid.shared_stages()] == ["benchmark", "pretrain"]
+    pretrain = grid.shared_stages()[1].call
+    assert "seed=7" in pretrain.overrides and pretrain.out == tmp_path / "out" / "pretrain"
+    for cell, seed in zip(grid.cells, (0, 1)):
+        tat = grid.call(cell, "tat")
+        assert f"seed={seed}" in tat.overrides and f"model.pretrained={pretrain.out / 'export.pt'}" in tat.overrides
+
+
 def test_grid_wide_overrides_reach_stages_like_the_command_line_and_come_before_it(tmp_path) -> None:
     path = write_grid(tmp_path, overrides={"data.batch_size": 8, "tat.optim.lr": 0.01})
     grid = Grid(path, ["tat.data.batch_size=4"])
