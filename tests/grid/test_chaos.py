@@ -1,13 +1,14 @@
-"""Chaos: a two-cell grid (fit, then an evaluation that exports features), killed again and again with SIGKILL or
-SIGTERM (the grid and every process under it: its DataLoader worker while a fit runs) at seeded moments, in the
-middle of checkpoint and output writes and between them, then rerun until it finishes, ends with every cell's
-metrics.json, export and features equal to an uninterrupted run's; after every kill, no folder is marked done
-without every output it names.
+"""Chaos: a two-cell grid (fit, then an evaluation that exports features) whose calls run as child processes (each
+fit with a DataLoader worker), killed again and again with SIGKILL or SIGTERM (the grid and every process under
+it) at seeded moments, in the middle of checkpoint and output writes and between them, then rerun until it
+finishes, ends with every cell's metrics.json, export and features equal to an uninterrupted run's; after every
+kill, no folder is marked done without every output it names.
 
 The moments are events of chaos_hook/sitecustomize.py: each atomic write (os.replace) of any process of the
-grid, just before and just after its rename, counted across processes and runs. Waits are bounded (pidfds, no
-sleeps). The calls run in the grid's process (in_process): one interpreter start per run keeps the test within
-minutes.
+grid, just before its rename (the new file complete beside its target) and just after it. The uninterrupted run
+traces its events; each kill is drawn (seeded) from the events still ahead of the work done so far, a share of
+them at a time, so the kills spread over the whole grid, and the schedule must cover a kill inside a checkpoint,
+a metrics.json and a features npz write. Waits are bounded (pidfds, no sleeps).
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ from tiny_grid import make_benchmark, write_grid
 from cir import completion
 from cir.grid.plan import Grid
 
-# about 5 minutes on a 2-core machine under a load of 6, 15 under 12: the timeout leaves room for a loaded CI box
+# about 3 minutes on an idle 2-core machine; the timeout leaves room for a loaded CI box
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 HOOK = Path(__file__).resolve().parent / "chaos_hook"
 SEED, KILLS, CELLS = 27, 8, ("seed-0", "seed-1")
-GRID_WRITES = 8  # events of the grid's own writes each time it starts: its lock holder, grid.json, two cell.json
+# Kills that must land inside a write (before its rename): a checkpoint, an evaluation's metrics and its features.
+INSIDE = {"checkpoint": ".ckpt", "metrics.json": "/metrics.json", "features": ".npz"}
 ATTEMPT_TIMEOUT = 600  # seconds one grid run may take
 STOP_TIMEOUT = 120  # seconds the processes a kill signalled may take to end (SIGTERM: a checkpoint first)
+Event = tuple[str, str]  # (before | after, the file renamed into place)
 
 
 def wait_gone(pids: list[int]) -> None:
@@ -67,8 +70,26 @@ def run_grid(grid_file: Path, env: dict[str, str], output: Path) -> int:
         return proc.wait(timeout=ATTEMPT_TIMEOUT)
 
 
-def events(counter: Path) -> int:
-    return counter.stat().st_size if counter.exists() else 0
+def traced(trace: Path, under: Path) -> list[Event]:
+    """The events a run traced, of files under `under`."""
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    events = (tuple(line.split("\t", 1)) for line in lines)
+    return [(where, target) for where, target in events if target.startswith(str(under))]
+
+
+def kind(event: Event) -> str | None:
+    """Which write a kill at this event lands inside, of those the schedule must cover."""
+    where, target = event
+    return next((name for name, end in INSIDE.items() if where == "before" and target.endswith(end)), None)
+
+
+def next_kill(moments: list[Event], progress: int, kills_left: int, uncovered: set[str], rng: random.Random) -> Event:
+    """An event among the next share of those after `progress` (an index into `moments`, the uninterrupted run's
+    events in the order they first happen), preferring one inside a write kind not yet covered."""
+    ahead = moments[progress + 1:]
+    window = ahead[:max(1, 2 * len(ahead) // kills_left)]
+    preferred = [m for m in window if kind(m) in uncovered]
+    return rng.choice(preferred or window)
 
 
 def check_done_folders(root: Path) -> None:
@@ -98,34 +119,40 @@ def assert_same_results(base: Path, out: Path) -> None:
 def test_a_grid_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path) -> None:
     benchmark = make_benchmark(tmp_path / "benchmark")
     out, base = tmp_path / "out", tmp_path / "uninterrupted"
-    grid_file = write_grid(tmp_path / "grid.yaml", benchmark, out, cells=len(CELLS), workers=1)
-    counter, kills, output = tmp_path / "events", tmp_path / "kills.jsonl", tmp_path / "grid.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")])),
-           "CIR_CHAOS_COUNTER": str(counter), "CIR_CHAOS_LOG": str(kills), "CIR_CHAOS_AT": "0"}
+    grid_file = write_grid(tmp_path / "grid.yaml", benchmark, out, cells=len(CELLS), workers=1, in_process=False)
+    output = tmp_path / "grid.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")]))}
     # the uninterrupted run, in the same folder (paths are part of metrics.json), then moved aside
-    assert run_grid(grid_file, env, output) == 0, output.read_text()[-5000:]
-    total = events(counter)
+    trace = tmp_path / "trace-base"
+    assert run_grid(grid_file, {**env, "CIR_CHAOS_TRACE": str(trace)}, output) == 0, output.read_text()[-5000:]
+    moments = list(dict.fromkeys(traced(trace, out)))
     shutil.move(out, base)
-    rng, killed, rounds = random.Random(SEED), [], 0
-    # each run is killed at a moment drawn after the events it starts at: within the grid's own writes, or one
-    # to two shares (of KILLS) of a whole run's further on
-    latest = GRID_WRITES + 2 * (total - GRID_WRITES) // KILLS
-    while len(killed) < KILLS:
-        at, signal_name = events(counter) + rng.randint(1, latest), rng.choice(["SIGKILL", "SIGTERM"])
-        code = run_grid(grid_file, {**env, "CIR_CHAOS_AT": str(at), "CIR_CHAOS_SIGNAL": signal_name}, output)
-        killed = [json.loads(line) for line in kills.read_text().splitlines()] if kills.exists() else []
-        if killed and killed[-1]["event"] == at:
-            wait_gone(killed[-1]["pids"])
-            assert code != 0, f"a grid killed with {signal_name} at {killed[-1]} exited 0"
+    rng, kills, progress, rounds = random.Random(SEED), [], -1, 0
+    uncovered = set(INSIDE)
+    while len(kills) < KILLS:
+        target = next_kill(moments, progress, KILLS - len(kills), uncovered, rng)
+        signal_name = rng.choice(["SIGKILL", "SIGTERM"])
+        attempt = len(kills) + rounds
+        trace, log = tmp_path / f"trace-{attempt}", tmp_path / f"kill-{attempt}.json"
+        code = run_grid(grid_file, {**env, "CIR_CHAOS_TRACE": str(trace), "CIR_CHAOS_KILL": "\t".join(target),
+                                    "CIR_CHAOS_SIGNAL": signal_name, "CIR_CHAOS_LOG": str(log)}, output)
+        if log.exists():
+            kills.append(json.loads(log.read_text()))
+            wait_gone(kills[-1]["pids"])
+            assert code != 0, f"a grid killed with {signal_name} at {kills[-1]} exited 0"
             check_done_folders(out)
+            uncovered.discard(kind(target))
+            progress = max(moments.index(e) for e in traced(trace, out) if e in moments)
             continue
         assert code == 0, output.read_text()[-5000:]  # it finished before the moment came: check, start over
         assert_same_results(base, out)
         shutil.rmtree(out)
-        rounds += 1
-        assert rounds < 3, f"{len(killed)} kills in {rounds} rounds"
+        progress, rounds = -1, rounds + 1
+        assert rounds < 3, f"{len(kills)} kills in {rounds} rounds"
+    assert not uncovered, f"no kill inside a {', '.join(sorted(uncovered))} write: {kills}"
+    assert any(len(k["pids"]) >= 3 for k in kills), "no kill reached a call's child process and its worker"
     for _ in range(3):  # rerun until it finishes (nothing is killed now, so once should do)
-        if run_grid(grid_file, {**env, "CIR_CHAOS_AT": "0"}, output) == 0:
+        if run_grid(grid_file, env, output) == 0:
             break
     else:
         pytest.fail(output.read_text()[-5000:])

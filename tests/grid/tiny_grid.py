@@ -23,11 +23,12 @@ def make_benchmark(out: Path) -> Path:
     return out
 
 
-def write_grid(path: Path, benchmark: Path, out: Path, cells: int = 1, workers: int = 0) -> Path:
-    """The grid YAML at `path`, writing under `out`; the calls run in the grid's process, the fits with `workers`
-    DataLoader workers."""
+def write_grid(path: Path, benchmark: Path, out: Path, cells: int = 1, workers: int = 0,
+               in_process: bool = True) -> Path:
+    """The grid YAML at `path`, writing under `out`; the calls run in the grid's process (or, `in_process=False`,
+    each in a child process), the fits with `workers` DataLoader workers."""
     grid = {
-        "task": "grid", "name": "tiny", "output_dir": str(out), "in_process": True,
+        "task": "grid", "name": "tiny", "output_dir": str(out), "in_process": in_process,
         "axes": {"seed": list(range(cells))},
         "stages": {
             "tat": {"cli": "fit", "config": str(EXPERIMENTS / "demo_tat.yaml"),

@@ -1,11 +1,12 @@
 """The chaos test's kill switch, loaded by every Python process the test starts (this folder is on their PYTHONPATH).
 
-Every atomic write of cir ends in os.replace; each call counts as two events, one before the rename (the new file
-complete beside its target, as in the middle of a checkpoint or output write) and one after it. The count is shared
-by all processes and attempts through CIR_CHAOS_COUNTER (one byte appended per event). At event CIR_CHAOS_AT this
-process sends CIR_CHAOS_SIGNAL to the grid and every process under it, itself included, and notes what it killed
-in CIR_CHAOS_LOG. The grid is the first process that loads this file: it sets CIR_CHAOS_ROOT, which its children
-inherit. Without CIR_CHAOS_COUNTER nothing changes.
+Every atomic write of cir ends in os.replace; each call is two events, `before` the rename (the new file complete
+beside its target: inside a checkpoint or output write) and `after` it. With CIR_CHAOS_TRACE set, every event is
+appended to that file as `where<TAB>target`. With CIR_CHAOS_KILL set to one `where<TAB>target`, the first process to
+reach that event sends CIR_CHAOS_SIGNAL to the grid and every process under it, itself last, and notes what it
+killed in CIR_CHAOS_LOG (created exclusively: one kill per run, even when a SIGTERM-saved checkpoint writes the same
+file again). The grid is the first process that loads this file: it sets CIR_CHAOS_ROOT, which its children inherit.
+Without either variable nothing changes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import signal
 
-COUNTER = os.environ.get("CIR_CHAOS_COUNTER")
+TRACE, KILL = os.environ.get("CIR_CHAOS_TRACE"), os.environ.get("CIR_CHAOS_KILL")
 
 
 def descendants(root: int) -> list[int]:
@@ -36,20 +37,16 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def event(where: str, target: str) -> None:
-    fd = os.open(COUNTER, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+def kill_all(where: str, target: str) -> None:
     try:
-        os.write(fd, b".")
-        count = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if str(count) != os.environ.get("CIR_CHAOS_AT"):
+        fd = os.open(os.environ["CIR_CHAOS_LOG"], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:  # this run's kill has been sent
         return
     signum = signal.Signals[os.environ["CIR_CHAOS_SIGNAL"]]
     pids = descendants(int(os.environ["CIR_CHAOS_ROOT"]))
-    with open(os.environ["CIR_CHAOS_LOG"], "a") as log:
-        log.write(json.dumps({"event": count, "where": where, "target": target, "signal": signum.name,
-                              "pid": os.getpid(), "pids": pids}) + "\n")
+    os.write(fd, json.dumps({"where": where, "target": target, "signal": signum.name, "pid": os.getpid(),
+                             "pids": pids}).encode())
+    os.close(fd)
     for pid in [p for p in pids if p != os.getpid()] + [os.getpid()]:
         try:
             os.kill(pid, signum)
@@ -57,7 +54,18 @@ def event(where: str, target: str) -> None:
             pass
 
 
-if COUNTER:
+def event(where: str, target: str) -> None:
+    if TRACE:
+        fd = os.open(TRACE, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{where}\t{target}\n".encode())
+        finally:
+            os.close(fd)
+    if KILL == f"{where}\t{target}":
+        kill_all(where, target)
+
+
+if TRACE or KILL:
     os.environ.setdefault("CIR_CHAOS_ROOT", str(os.getpid()))
     _replace = os.replace
 
