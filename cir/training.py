@@ -24,6 +24,7 @@ from cir.config import ConfigError, check_kwargs, require, to_yaml
 from cir.config_checks import check_fit_config
 from cir.data.inputs import watch_inputs
 from cir.data.shards import SKIP_REASONS
+from cir.data.transforms import PIL_FORMATS
 from cir.evaluation.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
@@ -99,13 +100,15 @@ def train(cfg: DictConfig) -> dict | None:
         return record
 
 
-def skipped_counts(trainer: L.Trainer, module: ContrastiveTask) -> dict[str, int]:
-    """Samples the loaders skipped, per reason, summed over ranks (tasks without shard data skip none)."""
-    counts = getattr(module, "skipped_samples", None)
+def skipped_counts(trainer: L.Trainer, module: ContrastiveTask, name: str = "skipped_samples",
+                   keys: tuple[str, ...] = SKIP_REASONS) -> dict[str, int]:
+    """Samples the loaders skipped, per reason (or with `name` and `keys`, another count the shard loader's batches
+    carry: images decoded through PIL, per format), summed over ranks; {} for tasks without shard data."""
+    counts = getattr(module, name, None)
     if counts is None:
         return {}
     total = trainer.strategy.reduce(counts.float(), reduce_op="sum")
-    return {reason: int(n) for reason, n in zip(SKIP_REASONS, total.tolist())}
+    return {key: int(n) for key, n in zip(keys, total.tolist())}
 
 
 def check_finished(cfg: DictConfig, trainer: L.Trainer, skipped: dict[str, int]) -> None:
@@ -167,6 +170,7 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
         record = module.record()
         record["samples_seen"] = samples
         record["skipped_samples"] = skipped
+        record["pil_decoded"] = skipped_counts(trainer, module, "pil_decoded", PIL_FORMATS)
         log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",
                  trainer.global_step, trainer.global_step - (newest.global_step if newest else 0), samples,
                  sum(skipped.values()), ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none")

@@ -39,3 +39,14 @@ def test_a_resumed_run_says_nothing_of_its_checkpoint_folder_being_used(tmp_path
         fit.main(None, [*args, "trainer.max_steps=2"])
     assert (tmp_path / "run" / "checkpoints" / "step0000002.ckpt").is_file()
     assert not [str(w.message) for w in caught if "not empty" in str(w.message)]
+
+
+def test_images_decoded_through_pil_are_counted_over_every_worker_in_run_json(tmp_path, shard_writer):
+    """PIL_DECODES is per process: each DataLoader worker's decodes reach run.json through the batches it makes."""
+    shards = shard_writer(tmp_path / "shards", num_shards=2, per_shard=8)  # PNGs: TorchCodec decodes RGB JPEGs only
+    out = tmp_path / "run"
+    fit.main(None, [*ARGS, f"data.train_shards={shards}", f"output_dir={out}", "data.num_workers=2", "data.resampled=false",
+                    "data.samples_per_epoch=null", "trainer.max_steps=-1", "trainer.max_epochs=1"])
+    record = json.loads((out / "run.json").read_text())
+    assert record["samples_seen"] == 16
+    assert record["pil_decoded"] == {"JPEG": 0, "PNG": 16, "WEBP": 0, "other": 0}

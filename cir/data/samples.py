@@ -23,7 +23,12 @@ from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
 from cir.data.errors import DataError
 from cir.data.images import load_rgb
 from cir.data.sample_rng import sample_seed, seeded
-from cir.data.transforms import stack_images
+from cir.data.transforms import (
+    PIL_DECODES,
+    PIL_FORMATS,
+    pil_decode_counts,
+    stack_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,8 @@ CAPTION_KEY = "txt"
 SKIP_REASONS = ("shard_error", "missing_image", "bad_image", "missing_caption", "missing_embedding", "bad_embedding")
 MAX_CONSECUTIVE_SKIPS = 10_000
 _WARNINGS_PER_REASON = 10
-# What a sample yields when nothing was skipped since the previous one (shared, never modified).
-_NO_SKIPS = torch.zeros(len(SKIP_REASONS), dtype=torch.long)
+# What a sample yields when nothing was skipped or decoded through PIL since the previous one (shared, never modified).
+_NO_COUNTS = torch.zeros(len(SKIP_REASONS) + len(PIL_FORMATS), dtype=torch.long)
 
 
 class ImageTextBatch(NamedTuple):
@@ -44,12 +49,14 @@ class ImageTextBatch(NamedTuple):
     LongTensor[len(SKIP_REASONS)]: what the worker that made this batch skipped
     since its previous batch (summed over batches and ranks it gives the global
     count; skips after a worker's last sample of a non-resampled epoch are only
-    in that worker's SkipStats and log).
+    in that worker's SkipStats and log). `pil_decoded` is LongTensor[len(PIL_FORMATS)]: the batch's images that
+    decoded through PIL instead of TorchCodec, per format (cir.data.transforms.PIL_DECODES of the worker that made it).
     """
 
     images: torch.Tensor
     texts: torch.Tensor
     skipped: torch.Tensor
+    pil_decoded: torch.Tensor | None = None
 
 
 @dataclass
@@ -194,7 +201,8 @@ class ToImageText(PipelineStage):
         return True
 
     def _convert(self, places: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
-        reported, reported_total = self.stats.vector(), self.stats.total
+        """Samples with what was skipped and decoded through PIL since the previous one (a pass-over's decodes left out)."""
+        reported, reported_total = self._counts(), self.stats.total + PIL_DECODES.total()
         for place, sample in places:
             try:
                 text = self._text(sample)
@@ -203,12 +211,16 @@ class ToImageText(PipelineStage):
                 self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
                 continue
             self.stats.passed()
-            if self.stats.total == reported_total:
-                yield image, text, _NO_SKIPS
+            total = self.stats.total + PIL_DECODES.total()
+            if total == reported_total:
+                yield image, text, _NO_COUNTS
                 continue
-            now = self.stats.vector()
+            now = self._counts()
             yield image, text, now - reported
-            reported, reported_total = now, self.stats.total
+            reported, reported_total = now, total
+
+    def _counts(self) -> torch.Tensor:
+        return torch.cat([self.stats.vector(), pil_decode_counts()])
 
     def _image(self, place: int, sample: dict[str, Any]) -> torch.Tensor:
         key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -246,6 +258,7 @@ class ToImageText(PipelineStage):
 
 
 def collate(samples: Sequence[tuple], tokenize: Callable | None) -> ImageTextBatch:
-    images, texts, skipped = zip(*samples)
+    images, texts, counts = zip(*samples)
     text_tensor = torch.stack(texts) if tokenize is None else tokenize(list(texts))
-    return ImageTextBatch(stack_images(images), text_tensor, torch.stack(skipped).sum(0))
+    total = torch.stack(counts).sum(0)
+    return ImageTextBatch(stack_images(images), text_tensor, total[: len(SKIP_REASONS)], total[len(SKIP_REASONS) :])

@@ -53,8 +53,10 @@ _PLAIN_OPEN_CLIP = ("RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor", "N
 _MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
 JPEG_MAGIC = b"\xff\xd8"
 log = logging.getLogger(__name__)
-# Images this process decoded through PIL instead of TorchCodec, per format (the first of each format is logged).
+# Images this process decoded through PIL instead of TorchCodec, per format and mode (the first of each is logged).
 PIL_DECODES: Counter[str] = Counter()
+# The formats run.json counts them by (modes summed; the shard loader's batches carry them out of the workers).
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "other")
 
 
 class Header(NamedTuple):
@@ -98,6 +100,15 @@ def pil_decode(data: bytes) -> torch.Tensor:
     if PIL_DECODES[name] == 1:
         log.info("%s images decode through PIL (TorchCodec here decodes baseline RGB JPEGs); counted in PIL_DECODES", name)
     return pil_to_uint8(image)
+
+
+def pil_decode_counts() -> torch.Tensor:
+    """PIL_DECODES so far as LongTensor[len(PIL_FORMATS)]: per format, modes summed, any other format as "other"."""
+    counts = dict.fromkeys(PIL_FORMATS, 0)
+    for name, n in PIL_DECODES.items():
+        image_format = name.split(" ", 1)[0]
+        counts[image_format if image_format in counts else "other"] += n
+    return torch.tensor(list(counts.values()), dtype=torch.long)
 
 
 def pil_to_uint8(image: Image.Image) -> torch.Tensor:

@@ -16,6 +16,7 @@ from open_clip.loss import ClipLoss
 from cir.data.embed_text import check_backbone_identity, load_text_embedding_meta
 from cir.data.image_text import ImageTextDataModule, train_shards
 from cir.data.shards import SKIP_REASONS
+from cir.data.transforms import PIL_FORMATS
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
 from cir.models.lora import LORA_TOWERS
@@ -59,11 +60,18 @@ class TextAnchoredTuning(ContrastiveTask):
         self.loss_fn = ClipLoss(local_loss=False, gather_with_grad=False)
         # Bad samples the loaders skipped so far on this rank; checkpointed, summed over ranks when logged.
         self.register_buffer("skipped_samples", torch.zeros(len(SKIP_REASONS), dtype=torch.long))
+        # Images decoded through PIL instead of TorchCodec per format, likewise (absent from older checkpoints).
+        self.register_buffer("pil_decoded", torch.zeros(len(PIL_FORMATS), dtype=torch.long))
         trainable, total = count_parameters(self.backbone)
         self.trainable_fraction = trainable / total
 
     def make_backbone(self, cfg: DictConfig) -> Backbone:
         return build_tat_backbone(cfg)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written before PIL decodes were counted resumes with none counted so far."""
+        super().on_load_checkpoint(checkpoint)
+        checkpoint["state_dict"].setdefault("pil_decoded", torch.zeros_like(self.pil_decoded))
 
     def setup(self, stage: str) -> None:
         self.loss_fn.rank, self.loss_fn.world_size = self.global_rank, self.trainer.world_size
@@ -75,7 +83,7 @@ class TextAnchoredTuning(ContrastiveTask):
         return image, self.backbone.encode_text(texts)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, texts, skipped = batch
+        images, texts, skipped, *pil_decoded = batch  # ImageTextBatch; a hand-built batch may stop at `skipped`
         image, text = self.features(images, texts)
         losses = self.loss_fn(image, text, self.logit_scale(), output_dict=True)
         loss = sum(losses.values())
@@ -83,6 +91,8 @@ class TextAnchoredTuning(ContrastiveTask):
         batch_size = images.shape[0]
         self.samples_seen += batch_size
         self.skipped_samples += skipped.to(self.skipped_samples)
+        if pil_decoded and pil_decoded[0] is not None:
+            self.pil_decoded += pil_decoded[0].to(self.pil_decoded)
         if self.logs_this_step():
             self.log_training(loss, losses, image.detach(), text.detach(), batch_size)
         return loss

@@ -48,8 +48,8 @@ def fixed_batch(shards: str, backbone) -> tuple[torch.Tensor, torch.Tensor]:
 
     pipeline = image_text_pipeline(shards, image_transform=backbone.preprocess_val, tokenize=backbone.tokenize,
                                    batch_size=64, shuffle_buffer=0)
-    images, tokens, _ = next(iter(pipeline))
-    return images, tokens
+    batch = next(iter(pipeline))
+    return batch.images, batch.texts
 
 
 def loss_on(module: TextAnchoredTuning, images, tokens) -> float:
