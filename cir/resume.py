@@ -168,6 +168,12 @@ class RunCheckpoints(ModelCheckpoint):
     resume that reads like a fault; the warning is ignored there only, so a --debug run or the Python API stays quiet.
     """
 
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's own key (Lightning prefixes the class name), so checkpoints written before this class
+        existed resume with their callback state: without it the last path is forgotten and a `last-v1.ckpt` appears."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

@@ -7,10 +7,12 @@ import logging
 import warnings
 
 import webdataset as wds
+from lightning.pytorch.callbacks import ModelCheckpoint
 from test_interruption import ARGS
 
 from cir import fit
 from cir.data.shards import SKIP_REASONS
+from cir.resume import RunCheckpoints
 
 
 def test_a_finished_run_reports_steps_samples_and_skips_per_reason_in_one_line_and_in_run_json(tmp_path, caplog, shard_writer):
@@ -39,6 +41,12 @@ def test_a_resumed_run_says_nothing_of_its_checkpoint_folder_being_used(tmp_path
         fit.main(None, [*args, "trainer.max_steps=2"])
     assert (tmp_path / "run" / "checkpoints" / "step0000002.ckpt").is_file()
     assert not [str(w.message) for w in caught if "not empty" in str(w.message)]
+
+
+def test_run_checkpoints_keep_model_checkpoints_state_key(tmp_path):
+    """Checkpoints store callback state under the state key; RunCheckpoints must read what ModelCheckpoint wrote."""
+    options = {"dirpath": tmp_path, "every_n_train_steps": 3, "save_last": True}
+    assert RunCheckpoints(**options).state_key == ModelCheckpoint(**options).state_key
 
 
 def test_images_decoded_through_pil_are_counted_over_every_worker_in_run_json(tmp_path, shard_writer):
