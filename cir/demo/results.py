@@ -9,6 +9,8 @@ the modality gap from the val evaluation's `modality_gap/...` entries.
 
 `grid_report` is the demo grid's `report: demo`: its cells are training seeds,
 its models the stages of MODELS, each evaluated by `<stage>_val` and `<stage>_train`.
+A model whose stages are shared (the demo pretrains once) is one result that
+stands beside every seed of the models it is compared with.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ModelRun:
     train_dir: Path
     seed: int = 0
     features: Path | None = None
+    shared: bool = False  # trained once for every seed (a shared grid stage): no spread, paired with each seed
 
 
 @dataclass(frozen=True)
@@ -173,12 +176,21 @@ def stacked(results: list[SeedResult], method: str) -> np.ndarray | None:
     return np.stack([r.hits[method] for r in results])
 
 
-def training_interval(ours: list[SeedResult], theirs: list[SeedResult], value: Callable[[SeedResult], float],
-                      paired_hits: bool = True) -> tuple[Interval, ...]:
-    """A difference between trained models: t interval over the seeds' paired differences; with one seed, the
-    paired bootstrap over queries (query noise only) where hits exist, else none."""
+def paired(ours: list[SeedResult], theirs: list[SeedResult]) -> list[SeedResult]:
+    """`theirs` seed by seed beside `ours`: a model trained once (shared) stands beside every seed."""
+    if len(theirs) == 1 and theirs[0].run.shared:
+        return theirs * len(ours)
     if [r.run.seed for r in ours] != [r.run.seed for r in theirs]:
         raise ValueError("the two models were trained with different seeds: no paired difference")
+    return theirs
+
+
+def training_interval(ours: list[SeedResult], theirs: list[SeedResult], value: Callable[[SeedResult], float],
+                      paired_hits: bool = True) -> tuple[Interval, ...]:
+    """A difference between trained models: t interval over the seeds' paired differences (against a model trained
+    once, over `ours`' seeds only: its own training noise is not measured); with one seed, the paired bootstrap
+    over queries (query noise only) where hits exist, else none."""
+    theirs = paired(ours, theirs)
     if len(ours) >= 2:
         return (seed_interval(np.array([value(a) - value(b) for a, b in zip(ours, theirs)])),)
     a, b = stacked(ours, "slerp"), stacked(theirs, "slerp")
@@ -211,7 +223,7 @@ def findings(results: dict[str, list[SeedResult]]) -> list[Finding]:
         found.append(Finding("Slerp beats image only, text only and sum (pretrained model)", parts))
     if TAT in results:
         tat = results[TAT]
-        diffs = [r1(a) - r1(b) for a, b in zip(tat, pre)]
+        diffs = [r1(a) - r1(b) for a, b in zip(tat, paired(tat, pre))]
         found.append(Finding("TAT raises Slerp R@1 over the pretrained model",
                              (("TAT - pretrained", training_interval(tat, pre, r1)),), f"per seed {per_seed(diffs)}"))
     if {TAT, IMAGE_ANCHOR, NO_ANCHOR} <= set(results):
@@ -245,15 +257,25 @@ def cell(values: Sequence[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
+def seeds_text(results: dict[str, list[SeedResult]]) -> list[str]:
+    """What the table's spread is over: the seeds, and which models were trained once for all of them."""
+    seeds = sorted({r.run.seed for rs in results.values() for r in rs if not r.run.shared})
+    once = [f"{rs[0].run.label} (seed {rs[0].run.seed})" for rs in results.values() if rs[0].run.shared]
+    if not once:
+        return [f"(percent), mean ± standard deviation over the training seeds {', '.join(map(str, seeds))}: each seed",
+                "pretrains, tunes and fine-tunes its own models on the same benchmark (one seed: no spread)."]
+    return [f"(percent), mean ± standard deviation over the training seeds {', '.join(map(str, seeds))} of the models",
+            f"tuned from {', '.join(once)}, which is trained once: its rows have no spread, and the intervals",
+            "cover the tuning seeds' training noise, not its own (one seed: no spread)."]
+
+
 def results_markdown(results: dict[str, list[SeedResult]], found: list[Finding], wall_s: float, cpu_s: float) -> str:
-    seeds = [r.run.seed for r in results[PRETRAINED]]
     lines = [
         "# Embedded demo: Slerp + TAT on the generated compositional benchmark",
         "",
         "CIRR-layout val split of the generated benchmark (cir.data.synth); a tiny CLIP pretrained from scratch stands",
         "in for OpenAI CLIP. Slerp's alpha: the best R@1 of the sweep on the train split, per seed; all numbers on val",
-        f"(percent), mean ± standard deviation over the training seeds {', '.join(map(str, seeds))}: each seed",
-        "pretrains, tunes and fine-tunes its own models on the same benchmark (one seed: no spread).",
+        *seeds_text(results),
         "",
         "| model | method | alpha per seed | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|" + "---|" * len(COLUMNS),
@@ -271,10 +293,11 @@ def results_markdown(results: dict[str, list[SeedResult]], found: list[Finding],
     if found:
         lines += ["", "## The paper's findings here", "",
                   "Each comparison: the paper's side minus the alternative, with its 95 % intervals. Between methods on",
-                  "the same models: a paired bootstrap over queries (hits averaged over seeds) and a t interval over the",
-                  "seeds' differences, judged by both. Between trained models: the t interval over the seeds' paired",
-                  "differences (training noise included). held: every interval of the comparison excludes zero on the",
-                  "paper's side; reversed: every one on the other side; else within noise.", ""]
+                  "the same models: a paired bootstrap over queries (hits averaged over seeds) and, where the models",
+                  "have seeds, a t interval over the seeds' differences, judged by both. Between trained models: the t",
+                  "interval over the seeds' paired differences (training noise included; a model trained once is",
+                  "paired with every seed). held: every interval of the comparison excludes zero on the paper's side;",
+                  "reversed: every one on the other side; else within noise.", ""]
         lines += [f"- **{f.verdict}**: {f.claim}: {f.evidence}" for f in found]
     lines += ["", f"Measured on: {machine()}.",
               (f"Wall time of this run: {wall_s / 60:.1f} min; CPU time (user + sys, this process and its workers): "
@@ -318,16 +341,20 @@ def write_report(root: Path, models: Sequence[ModelRun], wall_s: float, echo: Ca
 
 
 def grid_models(grid: Grid) -> list[ModelRun]:
-    """Every cell's models (the enabled stages of MODELS), with the training seed their run.json records."""
+    """Every cell's models (the enabled stages of MODELS; a shared one once), with the training seed their run.json
+    records."""
     models = []
-    for cell in grid.cells:
+    for number, cell in enumerate(grid.cells):
         for name, label in MODELS.items():
             stages = (name, f"{name}_val", f"{name}_train")
             if not all(s in cell.enabled and cell.enabled[s] for s in stages):
                 continue
+            shared = name in grid.shared
+            if shared and number > 0:
+                continue
             val = grid.folder(cell, stages[1])
             seed = _load(grid.folder(cell, name) / "run.json")["config"]["seed"]
-            models.append(ModelRun(name, label, val, grid.folder(cell, stages[2]), seed, val / FEATURES))
+            models.append(ModelRun(name, label, val, grid.folder(cell, stages[2]), seed, val / FEATURES, shared))
     if not any(m.name == PRETRAINED for m in models):
         raise FileNotFoundError(f"{grid.path}: `report: demo` needs the stages {PRETRAINED}, {PRETRAINED}_val and "
                                 f"{PRETRAINED}_train (the models it compares: {', '.join(MODELS)})")

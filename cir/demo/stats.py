@@ -9,13 +9,15 @@ Two intervals, for two sources of noise:
   (scipy.stats.bootstrap). It treats the trained models as fixed, so it suits
   differences between methods on the same models (Slerp against image only).
 - `seed_interval` (training): one paired difference per seed, each seed with
-  its own pretraining and tuning, and a Student t interval over those (df =
-  seeds - 1, scipy.stats.ttest_1samp). A rerun on another machine is another
-  draw of training noise (floating point sends training down another path),
-  and the spread over seeds measures exactly that, query noise included (each
-  seed's difference carries its own). With few seeds the t quantile is large
-  (4.30 at 3 seeds), so the interval is honest rather than tight. A bootstrap
-  over queries within seeds would miss training noise, which is what made the
+  its own training, and a Student t interval over those (df = seeds - 1,
+  scipy.stats.ttest_1samp). A rerun on another machine is another draw of
+  training noise (floating point sends training down another path), and the
+  spread over seeds measures exactly that, query noise included (each seed's
+  difference carries its own). It covers the stages that vary by seed: the
+  demo pretrains once and tunes per seed, so its intervals carry TAT's training
+  noise, not the pretraining's. With few seeds the t quantile is large (4.30 at
+  3 seeds), so the interval is honest rather than tight. A bootstrap over
+  queries within seeds would miss training noise, which is what made the
   single-seed findings flip between machines.
 
 A difference between methods on the same models still moves with training

@@ -26,8 +26,9 @@ TINY_SYNTH = ["synth.pretrain_samples=96", "synth.tune_samples=64", "synth.train
 TINY_STAGES = ["trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0", "trainer.enable_progress_bar=false"]
 # one training seed keeps the test short (the findings test runs 3), with the supervised step
 SEED = ["axes.seed=[3]", "stages.sup_from_tat.enabled=true", "stages.sup_from_pretrain.enabled=true"]
-MODELS = ["pretrain", "tat_text", "tat_image", "tat_none", "sup_from_tat", "sup_from_pretrain"]
-STAGES = ["benchmark"] + [f"seed-3/{name}{part}" for name in MODELS for part in ("", "_val", "_train")]
+SHARED = ["benchmark", "pretrain", "pretrain_val", "pretrain_train"]  # run once, before the cells
+MODELS = ["tat_text", "tat_image", "tat_none", "sup_from_tat", "sup_from_pretrain"]
+STAGES = SHARED + [f"seed-3/{name}{part}" for name in MODELS for part in ("", "_val", "_train")]
 
 
 def run_demo(out: Path, *extra: str) -> list[str]:
@@ -52,11 +53,13 @@ def test_every_stage_runs_and_writes_its_output(tiny_demo) -> None:
     out, lines = tiny_demo
     assert list(stage_lines(lines)) == STAGES
     cell = out / "seed-3"
-    for name in MODELS:
-        assert (cell / name / "export.pt").is_file() and (cell / name / "run.json").is_file()
+    for folder in [out / "pretrain", *(cell / name for name in MODELS)]:
+        assert (folder / "export.pt").is_file() and (folder / "run.json").is_file()
     record = json.loads((cell / "tat_image" / "run.json").read_text())
     assert record["config"]["model"]["anchor"] == "image" and record["config"]["seed"] == 3
-    assert record["config"]["model"]["pretrained"] == str(cell / "pretrain" / "export.pt")
+    assert record["config"]["model"]["pretrained"] == str(out / "pretrain" / "export.pt")
+    # one pretraining for every cell: the seed axis leaves its seed as demo_pretrain.yaml has it
+    assert json.loads((out / "pretrain" / "run.json").read_text())["config"]["seed"] == 0
     assert record["config"]["data"]["train_shards"] == str(out / "benchmark" / "shards" / "tune-{000000..000000}.tar")
     assert json.loads((cell / "sup_from_tat" / "run.json").read_text())["config"]["init_from"] == str(
         cell / "tat_text" / "export.pt")
@@ -65,13 +68,13 @@ def test_every_stage_runs_and_writes_its_output(tiny_demo) -> None:
         assert metrics["meta/pretrained"] == str(cell / "tat_none" / "export.pt")
         assert f"cirr/{split}/slerp_a0.5/R@1" in metrics
         assert ("modality_gap/gap" in metrics) == (split == "val")  # the gap pairs: val only
-    gap = json.loads((cell / "pretrain_val" / "metrics.json").read_text())
+    gap = json.loads((out / "pretrain_val" / "metrics.json").read_text())
     assert gap["modality_gap/pairs"] > 0 and 0.0 <= gap["modality_gap/gap"] <= 2.0
 
 
 def test_per_query_hits_from_the_export_give_the_evaluations_recall(tiny_demo) -> None:
     out, _ = tiny_demo
-    folder = out / "seed-3" / "pretrain_val"
+    folder = out / "pretrain_val"
     metrics = json.loads((folder / "metrics.json").read_text())
     features = load_features(folder / "features" / "cirr-val.npz")
     for method, alpha in (("image", None), ("text", None), ("sum", None), ("slerp", 0.5), ("slerp", 0.8)):
@@ -92,6 +95,7 @@ def test_results_table_plot_and_tensorboard(tiny_demo) -> None:
                                                  "supervised from TAT", "supervised from pretrained"]
     assert "Slerp - image only" in text and "TAT narrows the modality gap: gap narrowed by" in text
     assert "one seed: training noise not measured" in text and "t interval over seeds," not in text  # one seed
+    assert "tuned from pretrained CLIP (seed 0), which is trained once" in text
     assert "Measured on: " in text and "CPU time" in text
     assert (out / "alpha_sweep.png").stat().st_size > 1000
     assert list((out / "tensorboard" / "summary").glob("events.*"))
@@ -100,7 +104,7 @@ def test_results_table_plot_and_tensorboard(tiny_demo) -> None:
 
 def test_rerun_skips_every_stage_and_rerun_redoes_one(tiny_demo) -> None:
     out, _ = tiny_demo
-    export = out / "seed-3" / "pretrain" / "export.pt"
+    export = out / "pretrain" / "export.pt"
     before = export.stat().st_mtime_ns
     lines = run_demo(out)
     assert list(stage_lines(lines)) == STAGES and all("skipped" in line for line in stage_lines(lines).values())
@@ -121,6 +125,17 @@ def test_config_errors_stop_before_any_stage(tmp_path, capsys) -> None:
         assert key in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists()
 
+
+def test_one_pretraining_for_every_seed_or_one_per_seed_when_unshared(tmp_path) -> None:
+    grid = Grid(DEMO, [f"output_dir={tmp_path}"])
+    assert [s.name for s in grid.shared_stages()] == ["benchmark", "pretrain", "pretrain_val", "pretrain_train"]
+    assert not any(o.startswith("seed=") for o in grid.shared_stages()[1].call.overrides)
+    assert "seed=1" in grid.call(grid.cells[1], "tat_none").overrides
+    unshared = [f"stages.{name}.shared=false" for name in ("pretrain", "pretrain_val", "pretrain_train")]
+    grid = Grid(DEMO, [f"output_dir={tmp_path}", *unshared])
+    pretrain = grid.call(grid.cells[1], "pretrain")
+    assert "seed=1" in pretrain.overrides and pretrain.out == tmp_path / "seed-1" / "pretrain"
+    assert f"model.pretrained={pretrain.out / 'export.pt'}" in grid.call(grid.cells[1], "tat_text").overrides
 
 @pytest.mark.parametrize("name", ["cir-demo", "cir-demo-wide"])
 def test_demo_model_configs_cover_the_benchmark_vocabulary(name) -> None:

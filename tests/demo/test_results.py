@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from cir.demo.results import (
     SeedResult,
     best_alpha,
     findings,
+    seeds_text,
     split_metrics,
     write_report,
 )
@@ -94,6 +96,27 @@ def test_each_finding_can_fail_on_its_own(change, finding, verdict) -> None:
     assert [i for i, f in enumerate(found) if f.verdict != HELD] == [finding]
     assert found[finding].verdict == verdict
 
+
+def test_a_model_trained_once_stands_beside_every_seed() -> None:
+    """The demo pretrains once: each TAT seed is compared with that one model (the t interval covers TAT's seeds),
+    and the methods on it are judged over queries only."""
+    # the pretrained model's R@1 at seeds 0, 1, 2 would be 10, 11, 12; TAT's is 11.0, 11.2, 11.1
+    results = _results(tat=[1.0, 0.2, -0.9], image=[0.0, -0.8, -1.9], none=[0.1, -1.0, -1.8], gaps=[0.5, 0.52, 0.49])
+    once = results["pretrain"][0]  # R@1 10, gap 0.7
+    results["pretrain"] = [once]
+    with pytest.raises(ValueError, match="different seeds"):  # one seed of a model trained per seed: no pairs
+        findings(results)
+    results["pretrain"] = [replace(once, run=replace(once.run, shared=True))]
+    slerp_wins, tat_raises, anchors, gap_narrows = findings(results)
+    assert [f.verdict for f in (slerp_wins, tat_raises, anchors, gap_narrows)] == [HELD] * 4
+    assert slerp_wins.evidence.count("paired bootstrap over queries, n=2000") == 3
+    assert "t interval over seeds" not in slerp_wins.evidence
+    assert "t interval over seeds, n=3" in tat_raises.evidence and "per seed +1.00, +1.20, +1.10" in tat_raises.evidence
+    assert "t interval over seeds, n=3" in gap_narrows.evidence and "0.700 -> 0.503" in gap_narrows.evidence
+    assert " ".join(seeds_text(results)) == (
+        "(percent), mean ± standard deviation over the training seeds 0, 1, 2 of the models tuned from pretrain "
+        "(seed 0), which is trained once: its rows have no spread, and the intervals cover the tuning seeds' "
+        "training noise, not its own (one seed: no spread).")
 
 def test_one_seed_judges_training_by_queries_only_and_the_gap_not_at_all() -> None:
     hits = {m: _hits(0.1, 1) for m in ("slerp", "image", "text", "sum")}
