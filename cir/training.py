@@ -71,7 +71,8 @@ def build_task(cfg: DictConfig) -> tuple[ContrastiveTask, L.LightningDataModule]
 def callbacks(cfg: DictConfig, out: Path) -> list[L.Callback]:
     return [
         RunCheckpoints(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint.every_n_steps,
-                        save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False),
+                        save_top_k=-1, save_last=True, filename="step{step:07d}", auto_insert_metric_name=False,
+                        enable_version_counter=False),  # one last.ckpt, also after a signal wrote it
         LearningRateMonitor(logging_interval="step"),
         ThroughputMonitor(),  # with the model's FLOPs per batch: flops_per_sec and MFU in TensorBoard
         GracefulInterruption(out / "checkpoints" / "last.ckpt"),

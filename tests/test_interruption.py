@@ -140,6 +140,19 @@ def test_sigint_finishes_the_step_saves_and_exits_130_then_resumes(image_text_sh
     assert_finished_as_one_uninterrupted_run(out)
 
 
+def test_a_run_stopped_before_its_first_periodic_checkpoint_resumes_into_the_same_last_ckpt(
+        image_text_shards, tmp_path, monkeypatch):
+    """The signal's last.ckpt is not ModelCheckpoint's own, so its version counter would end the resumed run in a
+    second `last-v1.ckpt` beside it; one last.ckpt is what a reader (and the resume) expects."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        run_with(monkeypatch, out, image_text_shards, SignalAt(0, signal.SIGINT))
+    assert_stopped_without_finishing(out, 1)
+    run_with(monkeypatch, out, image_text_shards)
+    assert_finished_as_one_uninterrupted_run(out)
+    assert not list((out / "checkpoints").glob("last-v*.ckpt"))
+
+
 def test_a_signal_during_gradient_accumulation_stops_after_the_optimizer_step(image_text_shards, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with pytest.raises(SystemExit):
