@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from cir import completion
 from cir.config import load_config
 from cir.data.synth import shard_urls
 from cir.data.synth.__main__ import main
-from cir.data.synth.settings import SynthRunConfig, completed, outputs
+from cir.data.synth.settings import SynthRunConfig, outputs
 
 CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "demo_synth.yaml"
 TINY = ["synth.pretrain_samples=40", "synth.tune_samples=30", "synth.train_queries=8", "synth.val_queries=8",
@@ -22,9 +23,10 @@ def test_the_config_run_writes_its_config_and_the_predicted_shard_patterns(tmp_p
     args = [f"output_dir={tmp_path}", *TINY, f"synth.pretrain_captions={captions}"]
     cfg = load_config(SynthRunConfig, CONFIG, args)
     predicted = outputs(cfg)  # what a grid hands to later stages before the benchmark exists
-    assert not completed(tmp_path)
+    assert completion.why_not_done(tmp_path, completion.fingerprint(cfg))
     main([str(CONFIG), *args])
-    assert completed(tmp_path) and '"pretrain"' in capsys.readouterr().out
+    assert completion.why_not_done(tmp_path, completion.fingerprint(cfg)) is None
+    assert '"pretrain"' in capsys.readouterr().out
     assert OmegaConf.load(tmp_path / "config.yaml") == cfg
     for name in ("pretrain", "tune"):
         assert predicted["shards"][name] == shard_urls(tmp_path, name)
