@@ -165,13 +165,14 @@ def fit_and_export(cfg: DictConfig) -> dict | None:
     trainer.fit(module, datamodule=data, ckpt_path=str(newest.path) if newest is not None else None)
     samples = int(trainer.strategy.reduce(module.samples_seen.float(), reduce_op="sum").item())
     skipped = skipped_counts(trainer, module)
+    pil_decoded = skipped_counts(trainer, module, "pil_decoded", PIL_FORMATS)  # a collective: every rank, not rank 0
     check_finished(cfg, trainer, skipped)
     if trainer.is_global_zero:
         export = export_backbone(module.backbone, out)
         record = module.record()
         record["samples_seen"] = samples
         record["skipped_samples"] = skipped
-        record["pil_decoded"] = skipped_counts(trainer, module, "pil_decoded", PIL_FORMATS)
+        record["pil_decoded"] = pil_decoded
         log.info("trained to global step %d (%d steps in this run), %d samples seen, %d skipped (%s)",
                  trainer.global_step, trainer.global_step - (newest.global_step if newest else 0), samples,
                  sum(skipped.values()), ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n) or "none")
