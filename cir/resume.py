@@ -171,7 +171,7 @@ class RunCheckpoints(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         """ModelCheckpoint's own key (Lightning prefixes the class name), so checkpoints written before this class
-        existed resume with their callback state: without it the last path is forgotten and a `last-v1.ckpt` appears."""
+        existed resume with their callback state (the last and best checkpoint paths and scores)."""
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
