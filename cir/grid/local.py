@@ -68,6 +68,9 @@ def quiet_logs() -> Iterator[None]:
     if logging.getLogger("cir").getEffectiveLevel() <= logging.DEBUG:
         yield
         return
+    # Importing lightning.pytorch sets its logger to INFO; imported first inside the block (the grid's first fit), it
+    # would undo the level set here and print its "GPU available" lines twice (its handler and the root's).
+    import lightning.pytorch  # noqa: F401
     names = ("", "lightning.pytorch", "lightning.fabric", "cir")
     levels = {name: logging.getLogger(name).level for name in names}
     for name in names[:-1]:

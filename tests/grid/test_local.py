@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,18 @@ def test_in_process_a_call_failing_after_a_stop_signal_stops_the_grid(tmp_path: 
     with pytest.raises(Stopped) as stopped:
         run_cells(Grid(path, []), lambda line: None, warn=lambda line: None)
     assert stopped.value.code == 143 and ran == ["seed-0"]
+
+
+def test_in_process_calls_hide_lightnings_info_lines_even_when_the_first_call_imports_it() -> None:
+    """The grid's first in-process fit imports Lightning, whose import sets its logger back to INFO: its "GPU
+    available" lines then printed twice (its own handler and the root's). A fresh process, as a user's grid runs."""
+    script = ("import sys; from cir.logs import setup_logging; from cir.grid.local import quiet_logs\n"
+              "setup_logging(); assert 'lightning' not in sys.modules\n"
+              "with quiet_logs():\n"
+              "    from lightning.pytorch.utilities import rank_zero_info\n"
+              "    rank_zero_info('GPU available: False, used: False')\n"
+              "    import logging; logging.getLogger('cir.test').info('ours')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "GPU available" not in run.stdout + run.stderr
+    assert "ours" in run.stderr
