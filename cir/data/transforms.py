@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from lightning_utilities.core.apply_func import apply_to_collection
 from PIL import Image
-from torch.utils.data import default_collate
 from torchcodec.decoders import decode_jpeg
 from torchvision.transforms import (
     Compose,
@@ -47,6 +46,7 @@ from torchvision.transforms import (
 
 from cir.data.device_decode import EncodedBatch, EncodedCrop, stack_encoded
 from cir.data.images import load_rgb
+from cir.data.shared_batch import stack as shared_stack
 
 # What open_clip's plain (non-timm, no jitter) training transform is made of, in order.
 _PLAIN_OPEN_CLIP = ("RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize")
@@ -198,15 +198,15 @@ def uint8_version(transform: Callable) -> Uint8RandomResizedCrop | None:
 
 def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
     """One batch tensor, as torch's default_collate stacks it: in a DataLoader worker straight into shared memory
-    (else the batch is copied there again on its way to the main process). Channels-last uint8 images stay
-    channels-last: one contiguous copy instead of a strided gather. EncodedCrops (decode="cuda") become one
-    EncodedBatch."""
+    (else the batch is copied there again on its way to the main process), its pages mapped in one call
+    (cir.data.shared_batch). Channels-last uint8 images stay channels-last: one contiguous copy instead of a strided
+    gather. EncodedCrops (decode="cuda") become one EncodedBatch."""
     if any(isinstance(image, EncodedCrop) for image in images):
         return stack_encoded(images)
     first = images[0]
     if first.dtype == torch.uint8 and first.ndim == 3 and first.stride(0) == 1:
-        return default_collate([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-    return default_collate(list(images))
+        return shared_stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+    return shared_stack(images)
 
 
 class NormaliseOnDevice:
