@@ -63,7 +63,9 @@ class Browser:
         self.top_k, self.depth, self.limit, self.loader, self.alpha = top_k, depth, limit, loader, alpha
         self.galleries: list[Gallery] = []
         self.ranks: dict[tuple[int, str, float | None], Tensor] = {}
-        self.exports = Path(tempfile.mkdtemp(prefix="cir-browse-"))
+        # the PNGs a user downloads live as long as the page: removed when the browser goes (or the process exits)
+        self._exports = tempfile.TemporaryDirectory(prefix="cir-browse-")
+        self.exports = Path(self._exports.name)
         self.swap(galleries)
 
     def swap(self, galleries: list[Gallery]) -> None:

@@ -66,3 +66,15 @@ def test_opening_a_folder_that_cannot_be_shown_keeps_the_current_gallery(browser
     shown = browser.galleries
     assert browser.open_folder("/empty") == "could not open the gallery: gallery folder /empty: no images in it"
     assert browser.galleries is shown and "target rank" in browser.show(BENCHMARK, 0, None, "", "sum", 0.0)
+
+
+def test_the_exports_folder_goes_with_the_browser(gallery_factory):
+    """Exported panels live in a folder of the page's own; it was left in /tmp by every page and test before."""
+    import gc
+
+    browser = Browser([gallery_factory(seed=0, label="A")], top_k=4, depth=1000)
+    folder = browser.exports
+    assert folder.is_dir()
+    del browser
+    gc.collect()
+    assert not folder.exists()
