@@ -31,6 +31,7 @@ a copy with new dates but the same contents stays the same input.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Iterable
@@ -116,13 +117,19 @@ def local_paths(value: Any) -> list[str]:
     return [u for u in urls if not urlparse(u).scheme]
 
 
+def shipped_configs() -> Path:
+    """cir.models.CONFIG_DIR, found without importing cir.models (open_clip, transformers: seconds a grid would pay
+    at every start to fingerprint its calls)."""
+    models = importlib.util.find_spec("cir.models")
+    assert models is not None and models.submodule_search_locations
+    return Path(models.submodule_search_locations[0], "configs")
+
+
 def model_config_file(name: str) -> Path | None:
     """The JSON a model name builds from: a path given as the name, or a config shipped with cir."""
-    from cir.models import CONFIG_DIR  # here, as webdataset above
-
     if name.endswith(".json"):
         return Path(name)
-    shipped = CONFIG_DIR / f"{name}.json"
+    shipped = shipped_configs() / f"{name}.json"
     return shipped if shipped.is_file() else None
 
 

@@ -14,7 +14,7 @@ import errno
 import inspect
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,14 +196,16 @@ def load_config(
 
 def check_kwargs(section: DictConfig | dict, target: Callable, key: str) -> dict[str, Any]:
     """Free-form sections go to a callable (Lightning's Trainer): reject names it does not take."""
-    kwargs = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
     accepted = set(inspect.signature(target).parameters) - {"self"}
-    unknown = sorted(set(kwargs) - accepted)
+    return check_names(section, accepted, key, getattr(target, "__qualname__", str(target)))
+
+
+def check_names(section: DictConfig | dict, accepted: Collection[str], key: str, target: str) -> dict[str, Any]:
+    """check_kwargs with the names `target` takes given (cir.source_names reads them without importing it)."""
+    kwargs = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ConfigError(
-            f"config key `{key}.{unknown[0]}`: not an argument of {getattr(target, '__qualname__', target)}"
-            f" (unknown: {', '.join(unknown)})"
-        )
+        raise ConfigError(f"config key `{key}.{unknown[0]}`: not an argument of {target} (unknown: {', '.join(unknown)})")
     return kwargs
 
 

@@ -9,20 +9,18 @@ checked where it becomes known, by the same rule where there is one (cir.data.ep
 
 from __future__ import annotations
 
-import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cir.config import ConfigError, check_kwargs, require
+from cir.config import ConfigError, check_names, require
 from cir.data.epochs import check_epoch_kind
 from cir.data.retrieval_benchmarks import BENCHMARK_NAMES
 from cir.data.retrieval_benchmarks.fashioniq import FASHIONIQ_CAPTIONS
 from cir.data.retrieval_benchmarks.genecis import GENECIS_TASKS
 from cir.data.synth.settings import check_synth_config
 from cir.fusion import FUSIONS
-from cir.models.backbone import AUGMENTATION_FIELDS
-from cir.models.lora import LORA_TOWERS
-from cir.schema import PAPER_ALPHA, TASKS
+from cir.schema import LORA_TOWERS, PAPER_ALPHA, TASKS
 from cir.slerp import METHODS
+from cir.source_names import dataclass_fields, init_arguments
 from cir.workers import resolve_workers
 
 MISSING_POLICIES = ("error", "skip")  # eval.missing_images
@@ -59,7 +57,13 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.eval.examples >= 0, "eval.examples", "0 or more", cfg.eval.examples)
     require(cfg.eval.missing_images in MISSING_POLICIES, "eval.missing_images", f"one of {list(MISSING_POLICIES)}",
             cfg.eval.missing_images)
-    check_kwargs(cfg.trainer, L.Trainer, "trainer")
+    check_trainer(cfg.trainer)
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The trainer section: Lightning Trainer's arguments, read from its source (importing Lightning would cost every
+    grid start seconds; cir.source_names)."""
+    check_names(trainer, init_arguments("lightning.pytorch.trainer.trainer", "Trainer"), "trainer", "Trainer")
 
 
 def submit_alpha(cfg: DictConfig) -> float:
@@ -127,8 +131,9 @@ def check_fit_config(cfg: DictConfig) -> None:
     require(lora.r > 0, "model.lora.r", "a positive rank", lora.r)
     require(lora.alpha > 0, "model.lora.alpha", "a positive number", lora.alpha)
     require(0.0 <= lora.dropout < 1.0, "model.lora.dropout", "a value in [0, 1)", lora.dropout)
-    require(set(cfg.model.aug_cfg) <= AUGMENTATION_FIELDS, "model.aug_cfg",
-            f"open_clip AugmentationCfg fields, some of {sorted(AUGMENTATION_FIELDS)}", dict(cfg.model.aug_cfg))
+    augmentation = dataclass_fields("open_clip.transform", "AugmentationCfg")  # as cir.models.backbone's, unimported
+    require(set(cfg.model.aug_cfg) <= augmentation, "model.aug_cfg",
+            f"open_clip AugmentationCfg fields, some of {sorted(augmentation)}", dict(cfg.model.aug_cfg))
     check_training_data(cfg)
     require(cfg.optim.lr > 0, "optim.lr", "a positive learning rate", cfg.optim.lr)
     require(cfg.optim.temperature > 0, "optim.temperature", "a positive temperature", cfg.optim.temperature)
@@ -141,7 +146,7 @@ def check_fit_config(cfg: DictConfig) -> None:
     require(cfg.eval.batch_size > 0, "eval.batch_size", "a positive integer", cfg.eval.batch_size)
     require(cfg.eval.num_workers >= 0, "eval.num_workers", "0 or more", cfg.eval.num_workers)
     check_supervised(cfg.supervised)
-    check_kwargs(cfg.trainer, L.Trainer, "trainer")
+    check_trainer(cfg.trainer)
 
 
 # What each command checks, by its grid `cli:` name.

@@ -10,6 +10,9 @@ from typing import Any
 PAPER_ALPHA = {"cirr": 0.9, "circo": 0.8, "fashioniq": 0.8, "genecis": 0.8}
 # FitConfig's `task:` values, each the module whose `build(cfg) -> (LightningModule, LightningDataModule)` makes it.
 TASKS = {"tat": "cir.tasks.tat", "supervised": "cir.tasks.supervised", "pretrain": "cir.tasks.pretrain"}
+# model.anchor (the frozen tower) -> the towers that get LoRA adapters (cir.models.lora); here, with the other
+# values a config key takes, so that checking a config (cir.config_checks) imports no model code.
+LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
 
 
 def _sweep() -> list[float]:

@@ -73,7 +73,7 @@ def test_editing_the_model_config_json_undoes_a_finished_run(tmp_path, monkeypat
     """cir-demo.json's `layers` (a shipped config, copied so the test edits its own), and a config given by path."""
     configs = tmp_path / "configs"
     shutil.copytree(cir.models.CONFIG_DIR, configs)
-    monkeypatch.setattr(cir.models, "CONFIG_DIR", configs)
+    monkeypatch.setattr(completion, "shipped_configs", lambda: configs)
     shipped, by_path = eval_cfg(tmp_path / "a", "data.root=r"), eval_cfg(tmp_path / "b", "data.root=r",
                                                                          f"model.name={configs / 'cir-demo.json'}")
     for cfg in (shipped, by_path):
@@ -84,6 +84,10 @@ def test_editing_the_model_config_json_undoes_a_finished_run(tmp_path, monkeypat
     (configs / "cir-demo.json").write_text(json.dumps(model, indent=4))
     for cfg in (shipped, by_path):
         assert completion.why_not_done(cfg.output_dir, completion.fingerprint(cfg)) == "model changed"
+
+
+def test_the_shipped_configs_are_found_where_cir_models_registers_them() -> None:
+    assert completion.shipped_configs() == cir.models.CONFIG_DIR
 
 
 def test_rewritten_weights_or_shards_undo_a_finished_run(tmp_path) -> None:

@@ -19,23 +19,19 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from open_clip.transform import image_transform
 from safetensors.torch import load_file
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    BlipConfig,
-    BlipForImageTextRetrieval,
-    BlipImageProcessor,
-)
-from transformers.image_utils import PILImageResampling
-from transformers.models.blip.modeling_blip import BlipAttention
 
 from cir.models.backbone import Backbone, is_path_like, wants_no_weights
+
+if TYPE_CHECKING:  # transformers' BLIP is imported where a BLIP model is built: a process without one saves its import
+    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
+    from transformers.models.blip.modeling_blip import BlipAttention
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +125,8 @@ def blip_transforms(processor: BlipImageProcessor) -> tuple[Callable, Callable]:
     cropping); train is open_clip's RandomResizedCrop recipe at that size, the one
     every CLIP backbone trains TAT with.
     """
+    from transformers.image_utils import PILImageResampling
+
     size = processor.size
     height, width = getattr(size, "height", None), getattr(size, "width", None)
     if not (processor.do_resize and height and width):
@@ -211,11 +209,15 @@ class BlipBackbone(Backbone):
         self.image_processor.save_pretrained(folder)
 
     def _vision_attention(self) -> list[BlipAttention]:
+        from transformers.models.blip.modeling_blip import BlipAttention
+
         return [m for m in self.model.vision_model.modules() if isinstance(m, BlipAttention)]
 
 
 def load_blip_config(name: str, cache_dir: str | None = None) -> BlipConfig:
     """The BlipConfig of a hub id or save_pretrained folder; a clear error for anything else."""
+    from transformers import AutoConfig, BlipConfig
+
     try:
         config = AutoConfig.from_pretrained(name, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
@@ -252,6 +254,8 @@ def create_blip_backbone(
         torch-saved state_dict) or save_pretrained folder, e.g. a TAT export, loaded
         into `name`'s architecture. Missing or mis-shaped weights are an error.
     """
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+
     config = load_blip_config(name, cache_dir)
     max_length = config.text_config.max_position_embeddings
     if not 2 <= context_length <= max_length:
@@ -309,6 +313,8 @@ def _check_loading(source: str, info: dict) -> None:
 
 def _image_processor(name: str, config: BlipConfig, cache_dir: str | None) -> BlipImageProcessor:
     """The saved image processor, or BLIP's defaults at the vision config's image size when none was saved."""
+    from transformers import BlipImageProcessor
+
     size = config.vision_config.image_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     try:

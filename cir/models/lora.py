@@ -22,8 +22,6 @@ from cir.models.backbone import Backbone
 from cir.models.towers import TOWERS, in_tower, tower_roots
 
 LORA_PREFIX = "lora_"
-# model.anchor (the frozen tower) -> the towers that get LoRA adapters
-LORA_TOWERS = {"text": ("image",), "image": ("text",), "none": ("image", "text")}
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

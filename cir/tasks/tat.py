@@ -19,7 +19,7 @@ from cir.data.shards import SKIP_REASONS
 from cir.data.transforms import PIL_FORMATS
 from cir.modality_gap import modality_gap
 from cir.models import Backbone, apply_lora, count_parameters, create_backbone
-from cir.models.lora import LORA_TOWERS
+from cir.schema import LORA_TOWERS
 from cir.tasks.base import ContrastiveTask, training_transform
 from cir.workers import resolve_workers
 

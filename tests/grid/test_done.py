@@ -110,7 +110,7 @@ def test_editing_layers_in_cir_demo_json_undoes_the_finished_cell(grid_file, cap
     model = json.loads((configs / "cir-demo.json").read_text())
     model["vision_cfg"]["layers"] += 1
     (configs / "cir-demo.json").write_text(json.dumps(model))
-    monkeypatch.setattr(cir.models, "CONFIG_DIR", configs)
+    monkeypatch.setattr(completion, "shipped_configs", lambda: configs)
     grid = Grid(grid_file, ["tat.trainer.max_steps=2"])
     assert grid.call(grid.cells[0], "tat").why_not_done() == "model changed"
     lines = run_grid(grid_file, capfd, "--dry-run")
