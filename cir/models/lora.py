@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from cir.models.backbone import Backbone
@@ -31,6 +29,9 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def has_lora(module: nn.Module) -> bool:
+    # peft is imported where adapters are made or read: an evaluation, which has none, saves its import (~1 s)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     return any(isinstance(m, BaseTunerLayer) for m in module.modules())
 
 
@@ -64,6 +65,8 @@ def apply_lora(
                 f"LoRA target_modules {unmatched} match no nn.Linear in the {tower} tower of {backbone.name!r}"
             )
         targets += [n for n in linears if any(_matches(n, s) for s in suffixes.values())]
+    from peft import LoraConfig, inject_adapter_in_model
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     inject_adapter_in_model(config, model)
     for name, param in model.named_parameters():
@@ -75,6 +78,8 @@ def merge_lora(backbone: Backbone) -> None:
 
     Parameters keep their requires_grad (all frozen after `apply_lora`).
     """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     model = backbone.model
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     for name, layer in layers:
