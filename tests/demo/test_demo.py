@@ -24,8 +24,9 @@ TINY_SYNTH = ["synth.pretrain_samples=96", "synth.tune_samples=64", "synth.train
               "synth.test_queries=4", "synth.shard_size=64"]
 # every stage that has the key: the trainings (max_steps), the trainings and evaluations (the rest)
 TINY_STAGES = ["trainer.max_steps=2", "data.batch_size=16", "data.num_workers=0", "trainer.enable_progress_bar=false"]
-# one training seed keeps the test short (the findings test runs 3), with the supervised step
-SEED = ["axes.seed=[3]", "stages.sup_from_tat.enabled=true", "stages.sup_from_pretrain.enabled=true"]
+# one training seed keeps the test short (the findings test runs 3), with the ablations and the supervised step
+SEED = ["axes.seed=[3]", "stages.tat_image.enabled=true", "stages.tat_none.enabled=true",
+        "stages.sup_from_tat.enabled=true", "stages.sup_from_pretrain.enabled=true"]
 SHARED = ["benchmark", "pretrain", "pretrain_val", "pretrain_train"]  # run once, before the cells
 MODELS = ["tat_text", "tat_image", "tat_none", "sup_from_tat", "sup_from_pretrain"]
 STAGES = SHARED + [f"seed-3/{name}{part}" for name in MODELS for part in ("", "_val", "_train")]
@@ -126,8 +127,18 @@ def test_config_errors_stop_before_any_stage(tmp_path, capsys) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_one_pretraining_for_every_seed_or_one_per_seed_when_unshared(tmp_path) -> None:
+def test_by_default_each_seed_runs_tat_and_its_evaluations_only(tmp_path) -> None:
+    """The anchor ablations and the supervised step are off by default (the demo's time); one key each turns on."""
     grid = Grid(DEMO, [f"output_dir={tmp_path}"])
+    assert [[s.name for s in grid.stages(cell)] for cell in grid.cells] == [["tat_text", "tat_text_val",
+                                                                              "tat_text_train"]] * 3
+    grid = Grid(DEMO, [f"output_dir={tmp_path}", "stages.tat_image.enabled=true", "stages.tat_none.enabled=true"])
+    assert [s.name for s in grid.stages(grid.cells[0])] == [f"{name}{part}" for name in MODELS[:3]
+                                                            for part in ("", "_val", "_train")]
+
+
+def test_one_pretraining_for_every_seed_or_one_per_seed_when_unshared(tmp_path) -> None:
+    grid = Grid(DEMO, [f"output_dir={tmp_path}", "stages.tat_none.enabled=true"])
     assert [s.name for s in grid.shared_stages()] == ["benchmark", "pretrain", "pretrain_val", "pretrain_train"]
     assert not any(o.startswith("seed=") for o in grid.shared_stages()[1].call.overrides)
     assert "seed=1" in grid.call(grid.cells[1], "tat_none").overrides

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from cir.demo.results import (
+    ANCHOR_CLAIM,
+    ANCHOR_KEYS,
     ModelRun,
     SeedResult,
     best_alpha,
     findings,
+    results_markdown,
     seeds_text,
     split_metrics,
     write_report,
@@ -126,6 +129,14 @@ def test_one_seed_judges_training_by_queries_only_and_the_gap_not_at_all() -> No
     assert slerp_wins.verdict == NOISE  # identical hits: every difference is exactly zero
     assert tat_raises.verdict == HELD and "one seed: training noise not measured" in tat_raises.evidence
     assert gap_narrows.verdict == "not judged" and "needs 2 seeds" in gap_narrows.evidence
+
+
+def test_without_the_ablations_results_say_the_anchor_claim_was_not_run_and_how_to_run_it() -> None:
+    results = _results(tat=[1.0, 0.2, -0.9], image=[0.0] * 3, none=[0.0] * 3, gaps=[0.5, 0.52, 0.49])
+    line = f"- **not run**: {ANCHOR_CLAIM}: the anchor ablations are off by default (`{ANCHOR_KEYS}`)"
+    assert line not in results_markdown(results, findings(results), 60.0, 90.0)
+    del results["tat_image"], results["tat_none"]
+    assert line in results_markdown(results, findings(results), 60.0, 90.0)
 
 
 def _write_model(root, name: str, seed: int, val_r1: dict[str, float], train_r1: dict[str, float], gap: float) -> ModelRun:
