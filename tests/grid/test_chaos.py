@@ -30,7 +30,7 @@ from tiny_grid import make_benchmark, write_grid
 from cir import completion
 from cir.grid.plan import Grid
 
-# about 3 minutes on an idle 2-core machine; the timeout leaves room for a loaded CI box
+# about 5 minutes on a 2-core machine at load 1 (docs/guarantees.md); the timeout leaves room for a loaded CI box
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 HOOK = Path(__file__).resolve().parent / "chaos_hook"
