@@ -23,6 +23,7 @@ from cir.data.epochs import EpochPlan, batch_sizes, epoch_share
 from cir.data.errors import DataError
 from cir.data.images import load_rgb
 from cir.data.sample_rng import sample_seed, seeded
+from cir.data.shared_batch import batch_buffer, leased, pooled, release
 from cir.data.transforms import (
     PIL_DECODES,
     PIL_FORMATS,
@@ -57,6 +58,22 @@ class ImageTextBatch(NamedTuple):
     texts: torch.Tensor
     skipped: torch.Tensor
     pil_decoded: torch.Tensor | None = None
+
+    def __reduce__(self) -> tuple:
+        """Images in a worker's pooled segment (cir.data.shared_batch) travel with a mark, so that the main process
+        hands the segment back once done with them, and the rest of the batch inline: one file descriptor per
+        batch instead of a fresh shared-memory segment, sent through a connection of its own, for every tensor."""
+        if not (isinstance(self.images, torch.Tensor) and pooled(self.images)):
+            return _rebuild_batch, (*self, False)
+        small = tuple(None if t is None else t.numpy() for t in self[1:])
+        return _rebuild_batch, (self.images, *small, True)
+
+
+def _rebuild_batch(images: Any, texts: Any, skipped: Any, pil_decoded: Any, is_pooled: bool) -> ImageTextBatch:
+    if not is_pooled:
+        return ImageTextBatch(images, texts, skipped, pil_decoded)
+    texts, skipped, pil_decoded = (None if a is None else torch.from_numpy(a) for a in (texts, skipped, pil_decoded))
+    return ImageTextBatch(leased(images), texts, skipped, pil_decoded)
 
 
 @dataclass
@@ -203,26 +220,31 @@ class ToImageText(PipelineStage):
     def _convert(self, places: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[torch.Tensor, Any, torch.Tensor]]:
         """Samples with what was skipped and decoded through PIL since the previous one (a pass-over's decodes left out)."""
         reported, reported_total = self._counts(), self.stats.total + PIL_DECODES.total()
-        for place, sample in places:
-            try:
-                text = self._text(sample)
-                image = self._image(place, sample)
-            except _Skip as skip:
-                self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
-                continue
-            self.stats.passed()
-            total = self.stats.total + PIL_DECODES.total()
-            if total == reported_total:
-                yield image, text, _NO_COUNTS
-                continue
-            now = self._counts()
-            yield image, text, now - reported
-            reported, reported_total = now, total
+        batch = _BatchInPlace(self.image_transform, self.batch_size)
+        try:
+            for place, sample in places:
+                try:
+                    text = self._text(sample)
+                    image = self._image(place, sample, batch.place())
+                except _Skip as skip:
+                    self.stats.add(skip.reason, f"sample {sample.get('__key__')!r} of {sample.get('__url__')}: {skip}")
+                    continue
+                self.stats.passed()
+                batch.taken()
+                total = self.stats.total + PIL_DECODES.total()
+                if total == reported_total:
+                    yield image, text, _NO_COUNTS
+                    continue
+                now = self._counts()
+                yield image, text, now - reported
+                reported, reported_total = now, total
+        finally:
+            batch.close()
 
     def _counts(self) -> torch.Tensor:
         return torch.cat([self.stats.vector(), pil_decode_counts()])
 
-    def _image(self, place: int, sample: dict[str, Any]) -> torch.Tensor:
+    def _image(self, place: int, sample: dict[str, Any], out: torch.Tensor | None = None) -> torch.Tensor:
         key = next((k for k in IMAGE_KEYS if k in sample), None)
         if key is None:
             raise _Skip("missing_image", f"no {' / '.join(IMAGE_KEYS)} entry (keys: {sorted(sample)})")
@@ -230,6 +252,8 @@ class ToImageText(PipelineStage):
         try:
             with seeded(sample_seed(self.seed, plan.epoch, plan.rank, plan.worker, place),
                         python=getattr(transform, "draws_from_python", True)):
+                if out is not None:
+                    return transform(sample[key], out)
                 if getattr(transform, "takes_encoded", False):
                     return transform(sample[key])
                 return transform(load_rgb(io.BytesIO(sample[key])))
@@ -257,8 +281,42 @@ class ToImageText(PipelineStage):
         return torch.from_numpy(embedding.astype(np.float32))
 
 
+class _BatchInPlace:
+    """Where a DataLoader worker resizes its next image: in place in the batch it will be part of, a pooled
+    shared-memory segment (cir.data.shared_batch), so that collating it copies nothing. The n-th image this stage
+    yields in an epoch is item n % batch_size of its batch, as the batching stage right after it groups them; the
+    decision to use a segment is made once per batch (no segment free and the pool full: images of their own)."""
+
+    def __init__(self, transform: Callable, batch_size: int) -> None:
+        fills = getattr(transform, "fills_out", False)
+        self.shape = (batch_size, *transform.size, 3) if fills else None  # channels-last uint8, as transform makes
+        self.batch_size = batch_size
+        self.buffer: torch.Tensor | None = None
+        self.decided = False
+        self.filled = 0
+
+    def place(self) -> torch.Tensor | None:
+        """The (3, H, W) view the next image goes into, or None (the image is made on its own)."""
+        if self.shape is None:
+            return None
+        if not self.decided:
+            self.buffer, self.decided = batch_buffer(self.shape, torch.uint8), True
+        return None if self.buffer is None else self.buffer[self.filled].permute(2, 0, 1)
+
+    def taken(self) -> None:
+        """The image made at `place` was yielded."""
+        self.filled += 1
+        if self.filled == self.batch_size:
+            self.buffer, self.decided, self.filled = None, False, 0
+
+    def close(self) -> None:
+        """The stream ended: a segment none of whose items was yielded goes back to the pool."""
+        if self.buffer is not None and self.filled == 0:
+            release(self.buffer)
+
+
 def collate(samples: Sequence[tuple], tokenize: Callable | None) -> ImageTextBatch:
     images, texts, counts = zip(*samples)
     text_tensor = torch.stack(texts) if tokenize is None else tokenize(list(texts))
     total = torch.stack(counts).sum(0)
-    return ImageTextBatch(stack_images(images), text_tensor, total[: len(SKIP_REASONS)], total[len(SKIP_REASONS) :])
+    return ImageTextBatch(stack_images(images, pooled=True), text_tensor, total[: len(SKIP_REASONS)], total[len(SKIP_REASONS) :])

@@ -51,6 +51,8 @@ from cir.data.shared_batch import stack as shared_stack
 # What open_clip's plain (non-timm, no jitter) training transform is made of, in order.
 _PLAIN_OPEN_CLIP = ("RandomResizedCrop", "MaybeConvertMode", "MaybeToTensor", "Normalize")
 _MODES = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
+# The antialiased kernels F.interpolate calls for these modes (torch/nn/functional.py), here for their out= variants.
+_AA_KERNELS = {"bicubic": torch._C._nn._upsample_bicubic2d_aa, "bilinear": torch._C._nn._upsample_bilinear2d_aa}
 JPEG_MAGIC = b"\xff\xd8"
 log = logging.getLogger(__name__)
 # Images this process decoded through PIL instead of TorchCodec, per format and mode (the first of each is logged).
@@ -123,7 +125,8 @@ class Uint8RandomResizedCrop:
     Takes a PIL image or the encoded bytes (`takes_encoded`: cir's shard reader
     then skips the PIL decode). The crop parameters come from
     RandomResizedCrop.get_params, the same draws from torch's RNG as open_clip's
-    transform (and nothing from Python's `random`: `draws_from_python`); with
+    transform (and nothing from Python's `random`: `draws_from_python`); given `out` (a uint8 (3, *size) view
+    in channels-last memory, `fills_out`), the crop is resized straight into it (a batch made in place); with
     `decode="cuda"` an RGB JPEG comes out as an EncodedCrop (its bytes and the box drawn
     from its header size, the same draws), for cir.data.device_decode; the resample is torch's antialiased `interpolate` on uint8, the
     filter PIL uses (pixels equal to within one grey level, bar about one value in
@@ -141,15 +144,20 @@ class Uint8RandomResizedCrop:
     takes_encoded = True
     draws_from_python = False
 
-    def __call__(self, image: Image.Image | bytes) -> torch.Tensor | EncodedCrop:
+    @property
+    def fills_out(self) -> bool:
+        """Whether __call__ takes `out` (on the CPU path, not when it ships JPEG bytes for the device)."""
+        return self.decode == "cpu"
+
+    def __call__(self, image: Image.Image | bytes, out: torch.Tensor | None = None) -> torch.Tensor | EncodedCrop:
         if isinstance(image, Image.Image):
-            return self.resized_crop(pil_to_uint8(image.convert("RGB")))
+            return self.resized_crop(pil_to_uint8(image.convert("RGB")), out)
         if self.decode == "cuda" and image[:2] == JPEG_MAGIC:
             header = read_header(image)
             if header.rgb_jpeg:
                 return EncodedCrop(torch.frombuffer(bytearray(image), dtype=torch.uint8),
                                    torch.tensor(self.crop_box(header.height, header.width)))
-        return self.resized_crop(decode_rgb(image))
+        return self.resized_crop(decode_rgb(image), out)
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(top, left, height, width) of the random crop of an image of this size: RandomResizedCrop.get_params's
@@ -157,16 +165,20 @@ class Uint8RandomResizedCrop:
         stand_in = torch.empty(()).expand(3, height, width)
         return tuple(RandomResizedCrop.get_params(stand_in, list(self.scale), list(self.ratio)))
 
-    def resized_crop(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, H, W) -> a random crop resized to `size`, uint8 in channels-last memory."""
+    def resized_crop(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 (3, H, W) -> a random crop resized to `size`, uint8 in channels-last memory (into `out` if given)."""
         top, left, height, width = self.crop_box(pixels.shape[-2], pixels.shape[-1])
-        return self.resize(pixels[:, top : top + height, left : left + width])
+        return self.resize(pixels[:, top : top + height, left : left + width], out)
 
-    def resize(self, crop: torch.Tensor) -> torch.Tensor:
+    def resize(self, crop: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (3, h, w) -> uint8 (3, *size). On the CPU torch's uint8 kernel (channels-last memory selects its
-        vectorised version); elsewhere (CUDA has no uint8 antialiased kernel) in float32, rounded back to uint8."""
+        vectorised version), into `out` if given (F.interpolate's kernel, which has no out= of its own); elsewhere
+        (CUDA has no uint8 antialiased kernel) in float32, rounded back to uint8."""
         if crop.device.type == "cpu":
             crop = crop[None].contiguous(memory_format=torch.channels_last)
+            if out is not None:
+                _AA_KERNELS[self.interpolation](crop, self.size, False, out=out[None])
+                return out
             return F.interpolate(crop, size=self.size, mode=self.interpolation, antialias=True)[0]
         resized = F.interpolate(crop[None].float(), size=self.size, mode=self.interpolation, antialias=True)[0]
         return resized.round_().clamp_(0, 255).to(torch.uint8)
@@ -196,17 +208,18 @@ def uint8_version(transform: Callable) -> Uint8RandomResizedCrop | None:
                                   std=tuple(normalize.std))
 
 
-def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+def stack_images(images: Sequence[torch.Tensor], *, pooled: bool = False) -> torch.Tensor:
     """One batch tensor, as torch's default_collate stacks it: in a DataLoader worker straight into shared memory
-    (else the batch is copied there again on its way to the main process), its pages mapped in one call
-    (cir.data.shared_batch). Channels-last uint8 images stay channels-last: one contiguous copy instead of a strided
-    gather. EncodedCrops (decode="cuda") become one EncodedBatch."""
+    (else the batch is copied there again on its way to the main process), with `pooled` into a segment the worker
+    reuses (cir.data.shared_batch, which says what that asks of the batch's container). Channels-last uint8 images
+    stay channels-last: one contiguous copy instead of a strided gather. EncodedCrops (decode="cuda") become one
+    EncodedBatch."""
     if any(isinstance(image, EncodedCrop) for image in images):
         return stack_encoded(images)
     first = images[0]
     if first.dtype == torch.uint8 and first.ndim == 3 and first.stride(0) == 1:
-        return shared_stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
-    return shared_stack(images)
+        return shared_stack([image.permute(1, 2, 0) for image in images], pooled=pooled).permute(0, 3, 1, 2)
+    return shared_stack(images, pooled=pooled)
 
 
 class NormaliseOnDevice:

@@ -125,6 +125,22 @@ def test_stack_keeps_channels_last_images_channels_last():
     assert torch.equal(stack_images(floats), torch.stack(floats))
 
 
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_crop_resized_into_out_equals_the_one_resized_on_its_own(interpolation):
+    """What a DataLoader worker writes in place into its batch (cir.data.samples) is what F.interpolate gives."""
+    transform = uint8_version(open_clip_transform())
+    transform = Uint8RandomResizedCrop(**{**transform.__dict__, "interpolation": interpolation})
+    data = jpeg(photo_like(4, 90, 70))
+    torch.manual_seed(3)
+    alone = transform(data)
+    batch = torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8)
+    torch.manual_seed(3)
+    returned = transform(data, batch[1].permute(2, 0, 1))
+    assert torch.equal(batch[1].permute(2, 0, 1), alone) and returned.data_ptr() == batch[1].data_ptr()
+    assert not batch[0].any()
+    assert transform.fills_out and not Uint8RandomResizedCrop(**{**transform.__dict__, "decode": "cuda"}).fills_out
+
+
 def test_images_torchcodec_does_not_take_here_go_through_pil_and_are_counted_per_format():
     from cir.data import transforms
 
