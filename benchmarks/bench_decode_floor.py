@@ -287,7 +287,7 @@ def main() -> int:
     parser = common.arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--samples", type=int, default=1000, help="samples per stage measurement (one shard's worth)")
-    parser.add_argument("--loader-samples", type=int, default=2048, help="samples per run of the real loader")
+    parser.add_argument("--loader-samples", type=int, default=6144, help="samples per run of the real loader")
     parser.add_argument("--repeats", type=int, default=2, help="repeats per stage measurement (least CPU kept)")
     parser.add_argument("--before", default="c0420ee", help="git revision whose loader is measured side by side")
     parser.add_argument("--loader-child", choices=["tokens", "cached"], help=argparse.SUPPRESS)
