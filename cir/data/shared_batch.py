@@ -7,14 +7,16 @@ main process without another copy. A fresh segment costs more than the copy: tor
 decode + crop + resize it carries (benchmarks/README.md, "Issue 33, fourth round"). torch's DataLoader never
 reuses a segment, since it cannot know when the main process stops using one.
 
-`stack(..., pooled=True)` keeps a few segments per worker and writes a batch into one the main process has
-released. Each segment starts with a lease byte: the worker sets it when it hands the batch out; in the main
-process `leased` wraps the batch so that the byte is cleared only when no tensor there refers to the memory any
-more (the batch, any view of it, any numpy array over it: they all hold the buffer that a finalizer watches).
-A segment whose byte is still set is never written; when every segment is taken (and the pool is full) a batch
-gets a fresh one, as default_collate does. A pooled batch must travel in a container that calls `lease` when it
-is pickled and `leased` when it is rebuilt (cir.data.samples.ImageTextBatch does); anything else would keep its
-segment taken for good, costing memory, never a wrong batch.
+A worker here keeps a few segments and writes a batch into one the main process has released: `batch_buffer`
+for a stage that makes the batch's items in place (cir.data.samples resizes each image straight into it, and
+`stack` then hands the items out without a copy), `stack(..., pooled=True)` for a batch stacked from items made
+apart. Each segment starts with a lease byte: the worker sets it when it takes the segment; in the main process
+`leased` wraps the batch so that the byte is cleared only when no tensor there refers to the memory any more
+(the batch, any view of it, any numpy array over it: they all hold the buffer that a finalizer watches). A
+segment whose byte is still set is never written; when every segment is taken (and the pool is full) a batch
+gets a fresh one, as default_collate does. A pooled batch must travel in a container that asks `pooled` when it
+is pickled and calls `leased` when it is rebuilt (cir.data.samples.ImageTextBatch does); anything else would
+keep its segment taken for good, costing memory, never a wrong batch.
 
 Where a fresh segment is made, its pages are mapped in one madvise(MADV_POPULATE_WRITE) call (Linux 5.14 and
 later; elsewhere they fault in as before).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import sys
 import weakref
 from collections.abc import Sequence
@@ -150,11 +153,17 @@ def pooled(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu" and tensor.untyped_storage().data_ptr() in _leases
 
 
+def _give_back(lease_byte: torch.Tensor, owner: int) -> None:
+    if os.getpid() == owner:
+        lease_byte.fill_(0)
+
+
 def leased(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` (a pooled batch as rebuilt in the main process, over the whole segment) as a tensor whose segment
     goes back to its worker once neither it nor anything made from its memory is alive."""
     whole = torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage())
     buffer = memoryview(whole.numpy())  # torch.frombuffer keeps this very object alive as long as its storage
-    weakref.finalize(buffer, whole[0:1].fill_, 0)  # the lease byte, cleared when that storage goes
+    # The lease byte, cleared when that storage goes; not at exit, nor by a forked child dropping its copy.
+    weakref.finalize(buffer, _give_back, whole[0:1], os.getpid()).atexit = False
     flat = torch.frombuffer(buffer, dtype=torch.uint8).view(tensor.dtype)
     return flat.as_strided(tensor.shape, tensor.stride(), tensor.storage_offset())

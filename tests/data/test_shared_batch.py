@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import pickle
 import sys
 from multiprocessing.reduction import ForkingPickler
@@ -98,6 +99,19 @@ def test_a_pooled_segment_goes_back_only_when_nothing_in_the_main_process_uses_i
     reused = image_batch(4)
     assert len(worker_pool._segments) == 3  # no new segment: one whose batch is gone
     assert (held.images == 2).all() and (handed_out(reused).images == 4).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_dropping_its_copy_of_a_batch_does_not_give_its_segment_back(worker_pool):
+    held = handed_out(image_batch(1))
+    child = os.fork()
+    if child == 0:  # the copy of the batch a fork inherits goes; so would it at a normal exit
+        del held
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    handed_out(image_batch(2))
+    assert len(worker_pool._segments) == 2 and (held.images == 1).all()
 
 
 def test_a_full_pool_gives_fresh_segments_and_a_lone_batch_is_plain_torch_stack(worker_pool, monkeypatch):
