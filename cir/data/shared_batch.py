@@ -63,7 +63,7 @@ class _Segment:
         return self.storage.nbytes() - _HEADER
 
 
-# This process's segments (a DataLoader worker's), and their leases by storage address for `lease`, which runs in
+# This process's segments (a DataLoader worker's), and their leases by storage address for `pooled`, which runs in
 # the worker's queue-feeding thread while the worker makes its next batch.
 _segments: list[_Segment] = []
 _leases: dict[int, torch.Tensor] = {}
