@@ -78,7 +78,7 @@ def floor_sample(jpeg: bytes, crop):
 
 
 def _floor_loop(jpegs: list[bytes], crop, counters) -> None:
-    """Run the floor over `jpegs` forever, publishing (CPU seconds, samples) after each sample."""
+    """Run the floor over `jpegs` forever, publishing (samples, CPU seconds) after each sample, the count last."""
     for count, jpeg in enumerate(itertools.cycle(jpegs), 1):
         floor_sample(jpeg, crop)
         counters[1] = time.process_time()
