@@ -9,6 +9,8 @@ Transform: open_clip's training transform for ViT-B-32 at 224 px (PreprocessCfg
 from its model config: OpenAI mean / std, bicubic; AugmentationCfg defaults:
 RandomResizedCrop scale 0.9-1), as open_clip (`old`), and its uint8 version that
 cir now trains with (`new`, cir.data.transforms; normalised per batch on the device).
+Tokens: the tokenizer a ViT-B/32 backbone of the measured cir uses (open_clip's
+SimpleTokenizer up to 472df7a, then cir.models.clip_tokenizer: the same ids).
 
 Every figure is CPU time (time.process_time, one thread; workers through
 /proc) divided by the CPU time of the floor: reading the same JPEGs' headers
@@ -144,12 +146,15 @@ def as_worker():
 
 
 def vit_b32_transform():
+    """ViT-B/32's training transform (open_clip's) and the tokenizer a ViT-B/32 backbone of the imported cir uses."""
     import open_clip
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
+    from cir.models.factory import _tokenizer
+
     config = open_clip.get_model_config("ViT-B-32")
     preprocess = PreprocessCfg(size=config["vision_cfg"]["image_size"], **(config.get("preprocess_cfg") or {}))
-    return image_transform_v2(preprocess, is_train=True), open_clip.get_tokenizer("ViT-B-32")
+    return image_transform_v2(preprocess, is_train=True), _tokenizer("ViT-B-32", None)
 
 
 def stage_costs(samples: list[dict], old, new, tokenize, key: str, url: str, repeats: int) -> dict[str, float]:

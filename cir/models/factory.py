@@ -22,6 +22,7 @@ import open_clip
 from cir.config import ConfigError
 from cir.models.backbone import Backbone, is_path_like, wants_no_weights
 from cir.models.blip import create_blip_backbone
+from cir.models.clip_tokenizer import fast_tokenizer
 from cir.models.hub_cache import fetch_pretrained
 from cir.models.tokenizer import VOCABULARY_KEY, WordTokenizer
 from cir.models.weight_files import (
@@ -90,6 +91,8 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
 def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:
     """open_clip's tokenizer for a model, shared between backbones because building the BPE vocabulary is slow.
 
+CLIP's BPE tokenizer comes as cir.models.clip_tokenizer.ClipBPETokenizer: the same ids, faster.
+
     A config whose text_cfg.tokenizer_kwargs lists a `vocabulary` gets a WordTokenizer instead (cir.models.tokenizer).
 
     The key includes the text config, so a config re-registered under the same name gets a fresh tokenizer.
@@ -103,7 +106,7 @@ def _cached_tokenizer(model_name: str, cache_dir: str | None, text_cfg: str) -> 
     cfg = json.loads(text_cfg) or {}
     kwargs = cfg.get("tokenizer_kwargs") or {}
     if VOCABULARY_KEY not in kwargs:
-        return open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+        return fast_tokenizer(open_clip.get_tokenizer(model_name, cache_dir=cache_dir))
     tokenizer = WordTokenizer(context_length=cfg.get("context_length", 77), **kwargs)
     if cfg.get("vocab_size") != tokenizer.vocab_size:
         raise ValueError(
