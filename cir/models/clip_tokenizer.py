@@ -1,10 +1,10 @@
-"""open_clip's CLIP BPE tokenizer, giving the same ids at a quarter of the CPU (the training loader's tokens path).
+"""open_clip's CLIP BPE tokenizer: the same ids at about a seventh of the CPU (the training loader's tokens path).
 
 open_clip's SimpleTokenizer spends about 75 us on a short caption: ftfy's
 fix_text (20 us) runs a dozen fixers over text that is nearly always plain
 ASCII, every word is byte-encoded and looked up again, and each row of the
 result is filled from its own small tensor (20 us). In the loader's workers that
-is 0.05 of the decode + crop + resize floor (benchmarks/README.md, issue 33).
+was 0.05-0.08 of the decode + crop + resize floor (benchmarks/README.md, issue 33).
 `ClipBPETokenizer` removes those three costs and nothing else:
 
 - Cleaning. For printable ASCII text without "&", open_clip's `lower` cleaning
@@ -85,9 +85,11 @@ class ClipBPETokenizer:
 
 def handles(tokenizer: object) -> bool:
     """Whether ClipBPETokenizer reproduces `tokenizer` (open_clip's default CLIP tokenizer)."""
+    lower = getattr(oc_tokenizer, "_clean_lower", None)  # open_clip's `lower` cleaning (get_clean_fn("lower"))
     return (
         type(tokenizer) is oc_tokenizer.SimpleTokenizer
-        and tokenizer.clean_fn is oc_tokenizer.get_clean_fn("lower")
+        and lower is not None
+        and getattr(tokenizer, "clean_fn", None) is lower
         and getattr(tokenizer, "reduction_fn", None) is None
     )
 
