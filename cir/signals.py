@@ -57,9 +57,15 @@ class RankLost(RuntimeError):
 
 
 def rank_lost(err: BaseException) -> RankLost | None:
-    """RankLost for gloo's error about a peer that closed or reset its connection, else None. A host's address
-    stands for every rank on it: with several there, the message names them all."""
-    found = GLOO_PEER_LOST.search(str(err))
+    """RankLost for gloo's error about a peer that closed or reset its connection, in `err` or in an error it was
+    raised from or while handling (srun --kill-on-bad-exit's SIGTERM can land while Lightning tears the run down
+    after the failed collective), else None. A host's address stands for every rank on it: with several there,
+    the message names them all."""
+    found, seen = None, set()
+    while err is not None and found is None and id(err) not in seen:
+        seen.add(id(err))
+        found = GLOO_PEER_LOST.search(str(err))
+        err = err.__cause__ or err.__context__
     if found is None:
         return None
     what, address, why = found.groups()
@@ -84,18 +90,16 @@ class Stopped(SystemExit):
 
 class _Handler:
     """Raises Stopped in the process that installed it, at every signal (a second one interrupts the cleanup that
-    the first started, as a second Ctrl-C does); remembers the first."""
+    the first started, as a second Ctrl-C does); notes each, as every handler of ours does."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.received = 0
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:  # a forked child: end it the default way
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.received = self.received or signum
         note(signum)
         raise Stopped(signum)
 
@@ -112,15 +116,15 @@ def stop_on_signals(command: str | None = None) -> Iterator[None]:
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield
-    except Stopped as err:
-        stopped(command, err)
     except BaseException as err:
         lost = rank_lost(err)
-        if lost is not None:  # before the signal that the peer's end may have brought (srun --kill-on-bad-exit)
+        if lost is not None:  # the peer's end came first; the signal it brought (srun --kill-on-bad-exit) is its echo
             raise lost from err
-        if not handler.received or (isinstance(err, SystemExit) and err.code not in (None, 0)):
+        if isinstance(err, Stopped):
+            stopped(command, err)
+        if not received() or (isinstance(err, SystemExit) and err.code not in (None, 0)):
             raise
-        stopped(command, Stopped(handler.received))
+        stopped(command, Stopped(received()))
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)

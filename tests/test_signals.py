@@ -27,7 +27,7 @@ from cir.grid.children import exit_text, run_child
 from cir.models import Backbone
 from cir.preemption import GracefulInterruption
 from cir.run_lock import RunLockedError
-from cir.signals import RankLost, Stopped, note_peers, rank_lost, stop_on_signals
+from cir.signals import RankLost, Stopped, note, note_peers, rank_lost, stop_on_signals
 
 EVAL_ARGS = ["model.name=cir-tiny", "model.pretrained=none", "data.num_workers=0", "trainer.accelerator=cpu",
              "trainer.enable_progress_bar=false", "eval.examples=0"]
@@ -78,6 +78,16 @@ def test_an_exception_after_a_signal_is_the_signal(capsys):
     assert "cir.test: stopped by SIGINT" in capsys.readouterr().err
 
 
+def test_an_exception_after_a_signal_that_training_took_is_the_signal(capsys):
+    """Training's handler notes SIGTERM and waits for the step's end; a worker killed by the same signal fails the
+    step first: the exit is 143 and one line, not the worker's traceback."""
+    with pytest.raises(Stopped) as stop, stop_on_signals("cir.test"):
+        note(signal.SIGTERM)
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+    assert stop.value.code == 143
+    assert "cir.test: stopped by SIGTERM" in capsys.readouterr().err
+
+
 GLOO_CLOSED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
                "[10.77.0.12]:8418. This is typically caused by a remote worker crashing. Check the logs of the remote "
                "worker before reporting an error. GLHF!")
@@ -99,6 +109,25 @@ def test_a_lost_peer_rank_is_one_line_naming_its_rank_and_host_and_the_traceback
         "(rerun with --debug for the traceback)"]
     with pytest.raises(RankLost, match="lost rank 1 on cir-n2"):
         run_cli(lose_a_peer, ["x.yaml", "--debug"])
+
+
+def lose_a_peer_then_get_srun_s_sigterm(path, overrides):
+    """srun --kill-on-bad-exit's SIGTERM landing while Lightning tears the run down after the failed collective."""
+    note_peers([("cir-n1", "10.77.0.11"), ("cir-n2", "10.77.0.12")], own=0)
+    try:
+        raise RuntimeError(GLOO_CLOSED)
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_that_lands_while_a_lost_peer_s_error_is_handled_still_names_the_peer(capsys):
+    with pytest.raises(SystemExit) as end:
+        run_cli(lose_a_peer_then_get_srun_s_sigterm, ["x.yaml"])
+    assert end.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith("error: lost rank 1 on cir-n2 (10.77.0.12): gloo says ")
+    with pytest.raises(RankLost) as lost:
+        run_cli(lose_a_peer_then_get_srun_s_sigterm, ["x.yaml", "--debug"])
+    assert isinstance(lost.value.__cause__, Stopped) and lost.value.__cause__.signum == signal.SIGTERM
 
 
 def test_a_lost_peer_names_every_rank_on_its_host_but_this_one_and_an_unknown_address_as_is():
