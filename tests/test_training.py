@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -12,7 +15,7 @@ import warnings
 import pytest
 import webdataset as wds
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_interruption import ARGS, BATCH, DEFAULTS
+from test_interruption import ARGS, BATCH, DEFAULTS, SignalAt, run_with
 
 from cir import completion, fit
 from cir.data.shards import SKIP_REASONS
@@ -62,6 +65,18 @@ def test_images_decoded_through_pil_are_counted_over_every_worker_in_run_json(tm
     record = json.loads((out / "run.json").read_text())
     assert record["samples_seen"] == 16
     assert record["pil_decoded"] == {"JPEG": 0, "PNG": 16, "WEBP": 0, "other": 0}
+
+
+@pytest.mark.parametrize("ending", ["finished", "stopped by SIGINT"])
+def test_a_fit_ends_its_data_loader_workers_before_it_returns(tmp_path, image_text_shards, monkeypatch, ending):
+    """Lightning ends a plain DataLoader's persistent workers at teardown but not those inside webdataset's wrapper:
+    left to the garbage collector they held their shared memory into whatever ran next in the process."""
+    stop = (SignalAt(1, signal.SIGINT),) if ending != "finished" else ()
+    before = set(multiprocessing.active_children())
+    with pytest.raises(SystemExit) if stop else contextlib.nullcontext():
+        run_with(monkeypatch, tmp_path / "run", image_text_shards, *stop,
+                 overrides=("data.num_workers=2", "trainer.max_steps=2"))
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 @pytest.mark.ddp

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from cir.config import ConfigError
 from cir.data.embed_text import load_text_embedding_meta
 from cir.data.epochs import check_epoch_kind
-from cir.data.shards import expand_shard_urls, image_text_loader, image_text_pipeline
+from cir.data.shards import ResumableLoader, expand_shard_urls, image_text_loader, image_text_pipeline
 from cir.data.training_position import TrainingPosition
 from cir.data.transforms import NormaliseOnDevice, Uint8RandomResizedCrop
 from cir.data.validation import ZeroShotValidationData
@@ -54,6 +54,7 @@ class ImageTextDataModule(TrainingPosition, NormaliseOnDevice, ZeroShotValidatio
                               "samples_per_epoch": samples_per_epoch, "shuffle_buffer": shuffle_buffer, "seed": seed}
         self.text_embedding_key = text_embedding_key
         self.resume_at: dict[str, int] = {}
+        self.loader: ResumableLoader | None = None
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -77,7 +78,20 @@ class ImageTextDataModule(TrainingPosition, NormaliseOnDevice, ZeroShotValidatio
         if getattr(self.image_transform, "decode", "cpu") == "cuda" and not pin:
             raise ConfigError("config key `data.decode`: cuda decodes on the training GPU, and this run trains on "
                               f"{self.trainer.strategy.root_device if self.trainer else 'no trainer'}; use data.decode=cpu")
-        return image_text_loader(pipeline, self.num_workers, pin_memory=pin)
+        self.end_workers()
+        self.loader = image_text_loader(pipeline, self.num_workers, pin_memory=pin)
+        return self.loader
+
+    def end_workers(self) -> None:
+        """The training loader's workers end with the fit, finished or not (ResumableLoader.shutdown says why)."""
+        if self.loader is not None:
+            self.loader.shutdown()
+
+    def teardown(self, stage: str) -> None:
+        self.end_workers()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.end_workers()
 
 
 def decode_on(decode: str) -> str:

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 import torch
 import webdataset as wds
+from lightning.pytorch.utilities.combined_loader import _shutdown_workers_and_reset_iterator
 from webdataset.shardlists import expand_urls
 from webdataset.utils import pytorch_worker_info
 
@@ -48,8 +49,8 @@ from cir.data.samples import (
 from cir.data.shard_sizes import shard_sizes, without_samples
 from cir.data.tar_members import tarfile_to_samples
 
-__all__ = ["CAPTION_KEY", "IMAGE_KEYS", "SKIP_REASONS", "ImageTextBatch", "SkipStats", "expand_shard_urls",
-           "image_text_loader", "image_text_pipeline"]
+__all__ = ["CAPTION_KEY", "IMAGE_KEYS", "SKIP_REASONS", "ImageTextBatch", "ResumableLoader", "SkipStats",
+           "expand_shard_urls", "image_text_loader", "image_text_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,13 @@ class ResumableLoader(wds.WebLoader):
     def __init__(self, pipeline: ImageTextPipeline, **kwargs: Any) -> None:
         super().__init__(pipeline, **kwargs)
         self.image_text_pipeline = pipeline
+
+    def shutdown(self) -> None:
+        """End the persistent workers now, as Lightning does at teardown for a plain DataLoader: it cannot see the
+        one inside this wrapper, whose workers would otherwise live, holding their shared-memory batches, until the
+        garbage collector finds them (at exit, after multiprocessing has closed the queues that tell them to stop,
+        that takes 5 s a worker)."""
+        _shutdown_workers_and_reset_iterator(self.pipeline[0])
 
     def state_dict(self) -> dict[str, int]:
         return {}
