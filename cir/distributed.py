@@ -17,6 +17,16 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def end_process_group() -> None:
+    """Destroy the process group once the run's last collective is done, on every rank. Left to interpreter exit,
+    gloo's worker threads can still hold work whose tensors Python is tearing down, and the process aborts
+    ('terminate called without an active exception', pytorch#190489): srun then fails a finished job. Only where
+    nothing is in flight: destroying waits for the group's queued work, which a peer that stopped taking part
+    would hold up."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 

@@ -25,11 +25,12 @@ from cir.config_checks import check_fit_config
 from cir.data.inputs import watch_inputs
 from cir.data.shards import SKIP_REASONS
 from cir.data.transforms import PIL_FORMATS
+from cir.distributed import end_process_group
 from cir.evaluation.run import validation_evaluator
 from cir.io import atomic_write_text, write_json
 from cir.models import export_backbone
 from cir.models.export import export_model_name
-from cir.preemption import GracefulInterruption
+from cir.preemption import GracefulInterruption, Interrupted
 from cir.progress import display_callbacks
 from cir.resume import (
     ResumedOptimizer,
@@ -93,7 +94,12 @@ def train(cfg: DictConfig) -> dict | None:
         if rank_zero_only.rank == 0:
             completion.start(cfg.output_dir, made_by)
         with watch_inputs() as inputs:
-            record = fit_and_export(cfg)
+            try:
+                record = fit_and_export(cfg)
+            except Interrupted:  # every rank stopped at the same step, past a barrier
+                end_process_group()
+                raise
+        end_process_group()
         if record is not None:
             out = Path(cfg.output_dir)
             completion.finish(out, made_by, [out / "config.yaml", out / "run.json", *completion.files(record["export"])],

@@ -79,6 +79,32 @@ def test_a_fit_ends_its_data_loader_workers_before_it_returns(tmp_path, image_te
     assert set(multiprocessing.active_children()) - before == set()
 
 
+@pytest.fixture
+def own_environ():
+    """Lightning's DDP setup writes MASTER_PORT, WORLD_SIZE, LOCAL_RANK, ... into this process's environment; a later
+    test's `cir.fit` child would take them for a launcher's and wait for ranks that never come."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("ending", ["finished", "stopped by SIGINT"])
+@pytest.mark.usefixtures("own_environ")
+def test_a_ddp_fit_ends_its_process_group_before_it_returns(tmp_path, image_text_shards, monkeypatch, ending):
+    """A gloo group alive at interpreter exit can abort the process ('terminate called without an active exception',
+    pytorch#190489): a rank of a finished SLURM job ended so, failing the job. One process under the ddp strategy
+    has the same group of one."""
+    import torch.distributed as dist
+
+    stop = (SignalAt(1, signal.SIGINT),) if ending != "finished" else ()
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(SystemExit) if stop else contextlib.nullcontext():
+        run_with(monkeypatch, tmp_path / "run", image_text_shards, *stop,
+                 overrides=("trainer.strategy=ddp", "trainer.max_steps=2"))
+    assert not dist.is_initialized()
+
+
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_a_two_process_fit_outside_slurm_exits_0_with_every_output(tmp_path, image_text_shards):

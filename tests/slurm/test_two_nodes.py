@@ -20,6 +20,8 @@ from slurm_cluster import LocalSlurm
 from tat_job import TatJob, export_weights, rank_reports, tat_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cir.resume import newest_checkpoint
+
 BATCH, SAMPLES, EVERY = 4, 64, 2
 STEPS = SAMPLES // (2 * BATCH)  # one exact epoch of 64 pairs over 2 ranks
 EPOCH = {f"{i:08d}" for i in range(SAMPLES)}  # the keys conftest's write_image_text_shards gives the pairs
@@ -97,7 +99,9 @@ def runs(cluster: LocalSlurm, shard_writer, tmp_path_factory) -> Runs:
     if killed.wait_end(120) != "FAILED":  # bounded: srun ends the other rank (--kill-on-bad-exit, KillWait)
         killed.fail("the job that lost a rank did not fail")
     killed_left = [name for name in ("run.json", "export.pt") if (tmp / "killed" / name).exists()]
-    saved = torch.load(tmp / "killed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    # the step the rerun resumes from: the newest whole checkpoint, which is not last.ckpt when the kill came between
+    # a step's checkpoint and last.ckpt's update
+    saved = newest_checkpoint(tmp / "killed").global_step
     # what the killed ranks left (rank 0 ended by srun, maybe mid-save) is either whole or ignored: the rerun resumes
     rerun = TatJob(cluster, tmp / "killed.yaml", tmp / "rerun.out", *shape, overrides=[f"trainer.max_steps={saved + 2}"])
     interrupted.resume()
