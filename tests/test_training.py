@@ -13,6 +13,7 @@ import sys
 import warnings
 
 import pytest
+import torch.distributed as dist
 import webdataset as wds
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_interruption import ARGS, BATCH, DEFAULTS, SignalAt, run_with
@@ -67,15 +68,22 @@ def test_images_decoded_through_pil_are_counted_over_every_worker_in_run_json(tm
     assert record["pil_decoded"] == {"JPEG": 0, "PNG": 16, "WEBP": 0, "other": 0}
 
 
-@pytest.mark.parametrize("ending", ["finished", "stopped by SIGINT"])
+ENDINGS = ["finished", "stopped by SIGINT"]
+
+
+def fit_until(ending: str, monkeypatch, out, shards: str, *overrides: str) -> None:
+    """A 2-step fit in this process that finishes, or that SIGINT stops after its first step (exit 130)."""
+    stop = (SignalAt(1, signal.SIGINT),) if ending != "finished" else ()
+    with pytest.raises(SystemExit) if stop else contextlib.nullcontext():
+        run_with(monkeypatch, out, shards, *stop, overrides=(*overrides, "trainer.max_steps=2"))
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
 def test_a_fit_ends_its_data_loader_workers_before_it_returns(tmp_path, image_text_shards, monkeypatch, ending):
     """Lightning ends a plain DataLoader's persistent workers at teardown but not those inside webdataset's wrapper:
     left to the garbage collector they held their shared memory into whatever ran next in the process."""
-    stop = (SignalAt(1, signal.SIGINT),) if ending != "finished" else ()
     before = set(multiprocessing.active_children())
-    with pytest.raises(SystemExit) if stop else contextlib.nullcontext():
-        run_with(monkeypatch, tmp_path / "run", image_text_shards, *stop,
-                 overrides=("data.num_workers=2", "trainer.max_steps=2"))
+    fit_until(ending, monkeypatch, tmp_path / "run", image_text_shards, "data.num_workers=2")
     assert set(multiprocessing.active_children()) - before == set()
 
 
@@ -89,19 +97,14 @@ def own_environ():
     os.environ.update(saved)
 
 
-@pytest.mark.parametrize("ending", ["finished", "stopped by SIGINT"])
+@pytest.mark.parametrize("ending", ENDINGS)
 @pytest.mark.usefixtures("own_environ")
 def test_a_ddp_fit_ends_its_process_group_before_it_returns(tmp_path, image_text_shards, monkeypatch, ending):
     """A gloo group alive at interpreter exit can abort the process ('terminate called without an active exception',
     pytorch#190489): a rank of a finished SLURM job ended so, failing the job. One process under the ddp strategy
     has the same group of one."""
-    import torch.distributed as dist
-
-    stop = (SignalAt(1, signal.SIGINT),) if ending != "finished" else ()
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    with pytest.raises(SystemExit) if stop else contextlib.nullcontext():
-        run_with(monkeypatch, tmp_path / "run", image_text_shards, *stop,
-                 overrides=("trainer.strategy=ddp", "trainer.max_steps=2"))
+    fit_until(ending, monkeypatch, tmp_path / "run", image_text_shards, "trainer.strategy=ddp")
     assert not dist.is_initialized()
 
 
