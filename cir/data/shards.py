@@ -197,8 +197,8 @@ class ResumableLoader(wds.WebLoader):
     def shutdown(self) -> None:
         """End the persistent workers now, as Lightning does at teardown for a plain DataLoader: it cannot see the
         one inside this wrapper, whose workers would otherwise live, holding their shared-memory batches, until the
-        garbage collector finds them (at exit, after multiprocessing has closed the queues that tell them to stop,
-        that takes 5 s a worker)."""
+        garbage collector finds them (in the test suite, a collection during a later test waited 5 s for each
+        worker, whose join timed out)."""
         _shutdown_workers_and_reset_iterator(self.pipeline[0])
 
     def state_dict(self) -> dict[str, int]:
