@@ -91,7 +91,7 @@ def create_backbone(name: str, pretrained: str | None = "none", *, cache_dir: st
 def _tokenizer(model_name: str, cache_dir: str | None) -> Callable:
     """open_clip's tokenizer for a model, shared between backbones because building the BPE vocabulary is slow.
 
-CLIP's BPE tokenizer comes as cir.models.clip_tokenizer.ClipBPETokenizer: the same ids, faster.
+    CLIP's BPE tokenizer comes as cir.models.clip_tokenizer.ClipBPETokenizer: the same ids, faster.
 
     A config whose text_cfg.tokenizer_kwargs lists a `vocabulary` gets a WordTokenizer instead (cir.models.tokenizer).
 
